@@ -1,0 +1,286 @@
+"""Grounding DINO open-set detector on ``transformers`` (``GroundingDinoForObjectDetection``)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torchvision.ops import batched_nms
+
+from grounded.boxes import clip_xyxy, cxcywh_to_xyxy, normalized_to_pixels
+from grounded.detections import Detections
+from grounded.engine import Adapter, register_adapter
+from grounded.images import LoadedImage
+from grounded.phrases import Reduction, class_scores, matched_phrase, positive_map
+from grounded.prompts import Caption, Prompt, build_caption, chunk_classes
+from grounded.runtime import autocast, pick_device
+from grounded.sources import load_from_source
+
+__all__ = ["GroundingDINO"]
+
+
+@dataclass(frozen=True)
+class _EncodedCaption:
+    caption: Caption
+    input_ids: torch.Tensor  # (1, T)
+    attention_mask: torch.Tensor
+    token_type_ids: torch.Tensor
+    offsets: tuple[tuple[int, int], ...]
+    pos_map: torch.Tensor  # (C_chunk, T) bool
+
+
+@dataclass
+class _Candidates:
+    """Per-image candidate detections from every caption chunk, before NMS and top-k."""
+
+    boxes: list[torch.Tensor]
+    scores: list[torch.Tensor]
+    class_ids: list[torch.Tensor]
+    chunk_ids: list[torch.Tensor]
+    token_probs: list[torch.Tensor]
+
+
+@register_adapter("grounding_dino")
+class GroundingDINO(Adapter):
+    """Text → boxes with Grounding DINO.
+
+    Each detection's class comes from the positive map of the prompt's classes (the tokens inside each class's
+    span of the caption). Prompts over the text encoder's limit are split into several captions whose results
+    are merged before class-aware NMS and top-k.
+
+    Args:
+        model: hub id or local transformers-format folder.
+        box_threshold: keep a (query, class) pair when its class score exceeds this.
+        text_threshold: tokens above this delimit the matched phrase inside the class.
+        top_k: at most this many detections per image (after NMS).
+        nms_threshold: IoU for class-aware NMS; ``None`` disables NMS.
+        multi_label: score every (query, class) pair instead of each query's best class only.
+        class_reduction: ``"max"`` or ``"mean"`` over a class's tokens.
+        batch_size: images per forward pass (padded to a common size).
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``, ...
+        precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` (autocast).
+    """
+
+    outputs: ClassVar[dict[str, Any]] = {"detections": list[Detections]}
+
+    def __init__(
+        self,
+        model: str = "IDEA-Research/grounding-dino-tiny",
+        box_threshold: float = 0.35,
+        text_threshold: float = 0.25,
+        top_k: int = 100,
+        nms_threshold: float | None = 0.8,
+        multi_label: bool = False,
+        class_reduction: Reduction = "max",
+        batch_size: int = 4,
+        device: str = "auto",
+        precision: str = "fp32",
+    ) -> None:
+        if not 0.0 <= box_threshold <= 1.0 or not 0.0 <= text_threshold <= 1.0:
+            raise ValueError("box_threshold and text_threshold must lie in [0, 1]")
+        if top_k < 1 or batch_size < 1:
+            raise ValueError("top_k and batch_size must be at least 1")
+        if class_reduction not in ("max", "mean"):
+            raise ValueError(f"class_reduction must be 'max' or 'mean', got {class_reduction!r}")
+        super().__init__(
+            model=str(model),
+            box_threshold=box_threshold,
+            text_threshold=text_threshold,
+            top_k=top_k,
+            nms_threshold=nms_threshold,
+            multi_label=multi_label,
+            class_reduction=class_reduction,
+            batch_size=batch_size,
+            device=device,
+            precision=precision,
+        )
+        self.box_threshold = box_threshold
+        self.text_threshold = text_threshold
+        self.top_k = top_k
+        self.nms_threshold = nms_threshold
+        self.multi_label = multi_label
+        self.class_reduction: Reduction = class_reduction
+        self.batch_size = batch_size
+        self.precision = precision
+        self._device_name = device
+        self._model: Any = None
+        self._processor: Any = None
+        self._captions: dict[tuple[str, ...], list[_EncodedCaption]] = {}
+
+    # ------------------------------------------------------------------ loading
+    def warm_up(self) -> None:
+        if self._model is not None:
+            return
+        from transformers import AutoModelForZeroShotObjectDetection, AutoProcessor
+
+        source = self._params["model"]
+        processor = load_from_source(AutoProcessor.from_pretrained, source, "detector")
+        model = load_from_source(AutoModelForZeroShotObjectDetection.from_pretrained, source, "detector")
+        self.device = pick_device(self._device_name)
+        self._processor = processor
+        self._model = model.to(self.device).eval()
+
+    @property
+    def max_text_len(self) -> int:
+        self.warm_up()
+        return int(self._model.config.max_text_len)
+
+    # ------------------------------------------------------------------ text
+    def encode_prompt(self, prompt: Prompt) -> list[_EncodedCaption]:
+        """Tokenise the prompt into one or more captions that fit the text encoder (cached per prompt)."""
+        self.warm_up()
+        cached = self._captions.get(prompt.classes)
+        if cached is not None:
+            return cached
+        tokenizer = self._processor.tokenizer
+
+        def count(text: str) -> int:
+            return len(tokenizer(text.lower(), add_special_tokens=False)["input_ids"])
+
+        encoded = []
+        for ids in chunk_classes(prompt.classes, count, self.max_text_len):
+            caption = build_caption(prompt.classes, ids)
+            text = caption.text.lower() if len(caption.text.lower()) == len(caption.text) else caption.text
+            tokens = tokenizer(
+                text, return_offsets_mapping=True, return_token_type_ids=True, return_tensors="pt"
+            )
+            offsets = tuple((int(a), int(b)) for a, b in tokens["offset_mapping"][0].tolist())
+            if len(offsets) > self.max_text_len:  # the per-class estimate was off: never truncate silently
+                raise ValueError(
+                    f"caption of {len(offsets)} tokens exceeds {self.max_text_len}: {caption.text!r}"
+                )
+            encoded.append(
+                _EncodedCaption(
+                    caption=caption,
+                    input_ids=tokens["input_ids"],
+                    attention_mask=tokens["attention_mask"],
+                    token_type_ids=tokens["token_type_ids"],
+                    offsets=offsets,
+                    pos_map=positive_map(offsets, caption.spans),
+                )
+            )
+        if len(self._captions) > 256:
+            self._captions.clear()
+        self._captions[prompt.classes] = encoded
+        return encoded
+
+    # ------------------------------------------------------------------ inference
+    @torch.inference_mode()
+    def _forward(
+        self, pixels: dict[str, torch.Tensor], text: _EncodedCaption
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token probabilities ``(B, Q, T)`` and normalised xyxy boxes ``(B, Q, 4)``."""
+        batch = pixels["pixel_values"].shape[0]
+        inputs = {
+            "pixel_values": pixels["pixel_values"],
+            "pixel_mask": pixels["pixel_mask"],
+            "input_ids": text.input_ids.expand(batch, -1),
+            "attention_mask": text.attention_mask.expand(batch, -1),
+            "token_type_ids": text.token_type_ids.expand(batch, -1),
+        }
+        inputs = {k: v.to(self.device) for k, v in inputs.items()}
+        with autocast(self.device, self.precision):
+            out = self._model(**inputs)
+        num_tokens = text.input_ids.shape[1]
+        probs = out.logits[..., :num_tokens].float().sigmoid()
+        return probs, cxcywh_to_xyxy(out.pred_boxes.float())
+
+    def _collect(
+        self,
+        cands: _Candidates,
+        chunk_index: int,
+        text: _EncodedCaption,
+        probs: torch.Tensor,
+        boxes: torch.Tensor,
+    ) -> None:
+        scores_qc = class_scores(probs, text.pos_map, self.class_reduction)  # (Q, C_chunk)
+        if self.multi_label:
+            queries, local = (scores_qc > self.box_threshold).nonzero(as_tuple=True)
+            scores = scores_qc[queries, local]
+        else:
+            scores, local = scores_qc.max(dim=-1)
+            queries = (scores > self.box_threshold).nonzero().flatten()
+            scores, local = scores[queries], local[queries]
+        global_ids = torch.as_tensor(text.caption.class_ids, device=probs.device)[local]
+        cands.boxes.append(boxes[queries])
+        cands.scores.append(scores)
+        cands.class_ids.append(global_ids)
+        cands.chunk_ids.append(torch.full_like(global_ids, chunk_index))
+        cands.token_probs.append(probs[queries])
+
+    def _finish(
+        self, image: LoadedImage, prompt: Prompt, texts: Sequence[_EncodedCaption], cands: _Candidates
+    ) -> Detections:
+        boxes = clip_xyxy(normalized_to_pixels(torch.cat(cands.boxes), image.size), image.size)
+        scores = torch.cat(cands.scores)
+        class_ids = torch.cat(cands.class_ids).long()
+        if self.nms_threshold is not None and len(scores):
+            order = batched_nms(boxes, scores, class_ids, self.nms_threshold)
+        else:
+            order = torch.argsort(scores, descending=True, stable=True)
+        order = order[: self.top_k]
+        chunk_ids = torch.cat(cands.chunk_ids)[order].tolist()
+        probs_rows = [row for part in cands.token_probs for row in part]
+        phrases = []
+        for k, i in enumerate(order.tolist()):
+            text = texts[chunk_ids[k]]
+            local = text.caption.class_ids.index(int(class_ids[i]))
+            phrases.append(
+                matched_phrase(
+                    text.caption.text, text.offsets, probs_rows[i], text.pos_map[local], self.text_threshold
+                )
+            )
+        return Detections(
+            boxes=boxes[order],
+            scores=scores[order],
+            class_ids=class_ids[order],
+            classes=prompt.classes,
+            phrases=tuple(phrases),
+            image_size=image.size,
+        )
+
+    def detect(self, images: Sequence[LoadedImage], prompt: Prompt | str | Sequence[str]) -> list[Detections]:
+        """Detect the prompt's classes in each image (all images share the prompt).
+
+        Images are batched only with images of the same preprocessed size, so no image is ever padded:
+        batched results equal one-by-one results.
+        """
+        self.warm_up()
+        prompt = Prompt.of(prompt)
+        texts = self.encode_prompt(prompt)
+        processed = [self._processor.image_processor(im.pixels, return_tensors="pt") for im in images]
+        buckets: dict[tuple[int, ...], list[int]] = {}
+        for i, p in enumerate(processed):
+            buckets.setdefault(tuple(p["pixel_values"].shape), []).append(i)
+        results: list[Detections | None] = [None] * len(images)
+        for members in buckets.values():
+            for start in range(0, len(members), self.batch_size):
+                idxs = members[start : start + self.batch_size]
+                pixels = {
+                    k: torch.cat([processed[i][k] for i in idxs]) for k in ("pixel_values", "pixel_mask")
+                }
+                cands = [_Candidates([], [], [], [], []) for _ in idxs]
+                for chunk_index, text in enumerate(texts):
+                    probs, boxes = self._forward(pixels, text)
+                    for b in range(len(idxs)):
+                        self._collect(cands[b], chunk_index, text, probs[b], boxes[b])
+                for i, c in zip(idxs, cands, strict=True):
+                    results[i] = self._finish(images[i], prompt, texts, c)
+        return [r for r in results if r is not None]
+
+    def run(self, images: list[LoadedImage], prompt: Prompt | list[Prompt]) -> dict[str, Any]:
+        """Port entry: one prompt for all images, or one prompt per image."""
+        if isinstance(prompt, list):
+            if len(prompt) != len(images):
+                raise ValueError(f"got {len(prompt)} prompts for {len(images)} images")
+            groups: dict[tuple[str, ...], list[int]] = {}
+            for i, p in enumerate(prompt):
+                groups.setdefault(Prompt.of(p).classes, []).append(i)
+            out: list[Detections | None] = [None] * len(images)
+            for classes, idxs in groups.items():
+                for i, det in zip(idxs, self.detect([images[i] for i in idxs], Prompt(classes)), strict=True):
+                    out[i] = det
+            return {"detections": out}
+        return {"detections": self.detect(images, prompt)}

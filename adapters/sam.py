@@ -1,0 +1,206 @@
+"""SAM and HQ-SAM segmenters on ``transformers`` (``SamModel`` / ``SamHQModel``): boxes → masks."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+
+from grounded.detections import Detections
+from grounded.engine import Adapter, register_adapter
+from grounded.images import LoadedImage
+from grounded.runtime import autocast, pick_device
+from grounded.sources import load_from_source
+
+__all__ = ["SAM", "SAMHQ", "ImageEmbedding"]
+
+
+@dataclass(frozen=True)
+class ImageEmbedding:
+    """One image encoded by the SAM vision encoder (what the mask decoder needs)."""
+
+    embedding: torch.Tensor  # (1, C, h, w)
+    intermediate: tuple[torch.Tensor, ...]  # HQ-SAM's early ViT features; empty for SAM
+    original_size: tuple[int, int]
+    reshaped_size: tuple[int, int]
+
+
+@register_adapter("sam")
+class SAM(Adapter):
+    """Box prompts → masks with SAM, or HQ-SAM when the model is one (``model_type == "sam_hq"``).
+
+    Each image is encoded once; all of its boxes go through the mask decoder in one batched call (split into
+    ``max_boxes_per_call`` groups only for very many boxes). Masks are upsampled to the original image size
+    by the processor's ``post_process_masks`` and kept as bool on the device.
+
+    Args:
+        model: hub id or local transformers-format folder (SAM or HQ-SAM).
+        multimask_output: ask the decoder for 3 masks per box and keep the one with the best predicted IoU.
+        hq_token_only: HQ-SAM only: use the HQ mask alone instead of SAM + HQ (the official default is False).
+        mask_threshold: logit threshold for binarising masks.
+        batch_size: images per vision-encoder pass.
+        max_boxes_per_call: boxes per decoder call.
+        device, precision: as for the detector.
+    """
+
+    outputs: ClassVar[dict[str, Any]] = {"detections": list[Detections]}
+
+    def __init__(
+        self,
+        model: str = "facebook/sam-vit-base",
+        multimask_output: bool = False,
+        hq_token_only: bool = False,
+        mask_threshold: float = 0.0,
+        batch_size: int = 2,
+        max_boxes_per_call: int = 64,
+        device: str = "auto",
+        precision: str = "fp32",
+    ) -> None:
+        if batch_size < 1 or max_boxes_per_call < 1:
+            raise ValueError("batch_size and max_boxes_per_call must be at least 1")
+        super().__init__(
+            model=str(model),
+            multimask_output=multimask_output,
+            hq_token_only=hq_token_only,
+            mask_threshold=mask_threshold,
+            batch_size=batch_size,
+            max_boxes_per_call=max_boxes_per_call,
+            device=device,
+            precision=precision,
+        )
+        self.multimask_output = multimask_output
+        self.hq_token_only = hq_token_only
+        self.mask_threshold = mask_threshold
+        self.batch_size = batch_size
+        self.max_boxes_per_call = max_boxes_per_call
+        self.precision = precision
+        self._device_name = device
+        self._model: Any = None
+        self._processor: Any = None
+
+    def warm_up(self) -> None:
+        if self._model is not None:
+            return
+        from transformers import AutoModel, AutoProcessor
+
+        source = self._params["model"]
+        processor = load_from_source(AutoProcessor.from_pretrained, source, "segmenter")
+        model = load_from_source(AutoModel.from_pretrained, source, "segmenter")
+        if model.config.model_type not in ("sam", "sam_hq"):
+            raise ValueError(
+                f"segmenter {source!r} is a {model.config.model_type!r} model, not SAM or HQ-SAM"
+            )
+        self.device = pick_device(self._device_name)
+        self._processor = processor
+        self._model = model.to(self.device).eval()
+
+    @property
+    def is_hq(self) -> bool:
+        """Whether the loaded model has HQ-SAM's high-quality output token."""
+        self.warm_up()
+        return bool(self._model.config.model_type == "sam_hq")
+
+    # ------------------------------------------------------------------ encoder
+    @torch.inference_mode()
+    def encode(self, images: Sequence[LoadedImage]) -> list[ImageEmbedding]:
+        """Run the vision encoder on the images, ``batch_size`` at a time."""
+        self.warm_up()
+        out: list[ImageEmbedding] = []
+        for start in range(0, len(images), self.batch_size):
+            batch = images[start : start + self.batch_size]
+            inputs = self._processor.image_processor([im.pixels for im in batch], return_tensors="pt")
+            pixel_values = inputs["pixel_values"].to(self.device)
+            with autocast(self.device, self.precision):
+                encoded = self._model.get_image_embeddings(pixel_values)
+            embeddings, intermediate = encoded if self.is_hq else (encoded, ())
+            for b in range(len(batch)):
+                out.append(
+                    ImageEmbedding(
+                        embedding=embeddings[b : b + 1],
+                        intermediate=tuple(t[b : b + 1] for t in intermediate),
+                        original_size=tuple(int(v) for v in inputs["original_sizes"][b]),  # type: ignore[arg-type]
+                        reshaped_size=tuple(int(v) for v in inputs["reshaped_input_sizes"][b]),  # type: ignore[arg-type]
+                    )
+                )
+        return out
+
+    # ------------------------------------------------------------------ decoder
+    @torch.inference_mode()
+    def decode(self, embedding: ImageEmbedding, boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Masks ``(N, H, W)`` bool at the original size and their predicted IoU ``(N,)`` for xyxy pixel boxes."""
+        height, width = embedding.original_size
+        if len(boxes) == 0:
+            return (
+                torch.zeros((0, height, width), dtype=torch.bool, device=self.device),
+                torch.zeros((0,), device=self.device),
+            )
+        scale = torch.tensor(
+            [embedding.reshaped_size[1] / width, embedding.reshaped_size[0] / height] * 2, device=self.device
+        )
+        prompts = boxes.to(self.device, torch.float32) * scale
+        masks_out, scores_out = [], []
+        for start in range(0, len(prompts), self.max_boxes_per_call):
+            group = prompts[start : start + self.max_boxes_per_call]
+            kwargs: dict[str, Any] = {}
+            if self.is_hq:
+                kwargs = {
+                    "hq_token_only": self.hq_token_only,
+                    "intermediate_embeddings": list(embedding.intermediate),
+                }
+            with autocast(self.device, self.precision):
+                out = self._model(
+                    image_embeddings=embedding.embedding,
+                    input_boxes=group[None],
+                    multimask_output=self.multimask_output,
+                    **kwargs,
+                )
+            low_res, iou = out.pred_masks[0].float(), out.iou_scores[0].float()  # (n, m, h, w), (n, m)
+            best = iou.argmax(dim=-1)
+            rows = torch.arange(len(group), device=low_res.device)
+            low_res, iou = low_res[rows, best][:, None], iou[rows, best]
+            masks = self._processor.image_processor.post_process_masks(
+                [low_res],
+                [embedding.original_size],
+                [embedding.reshaped_size],
+                mask_threshold=self.mask_threshold,
+            )[0][:, 0]
+            masks_out.append(masks.to(self.device))
+            scores_out.append(iou)
+        return torch.cat(masks_out), torch.cat(scores_out)
+
+    def segment(self, images: Sequence[LoadedImage], detections: Sequence[Detections]) -> list[Detections]:
+        """Attach a mask and its predicted IoU to every detection's box."""
+        if len(images) != len(detections):
+            raise ValueError(f"got {len(detections)} detection sets for {len(images)} images")
+        for image, det in zip(images, detections, strict=True):
+            if det.image_size != image.size:
+                raise ValueError(
+                    f"detections for size {det.image_size} do not match image {image.name} {image.size}"
+                )
+        self.warm_up()
+        todo = [i for i, det in enumerate(detections) if len(det)]
+        embeddings = dict(zip(todo, self.encode([images[i] for i in todo]), strict=True))
+        out = []
+        for i, det in enumerate(detections):
+            if i in embeddings:
+                masks, scores = self.decode(embeddings[i], det.boxes)
+            else:
+                height, width = det.image_size
+                masks = torch.zeros((0, height, width), dtype=torch.bool, device=det.device)
+                scores = torch.zeros((0,), device=det.device)
+            out.append(det.with_masks(masks.to(det.device), scores.to(det.device)))
+        return out
+
+    def run(self, images: list[LoadedImage], detections: list[Detections]) -> dict[str, Any]:
+        """Port entry: segment every detection's box."""
+        return {"detections": self.segment(images, detections)}
+
+
+@register_adapter("sam_hq")
+class SAMHQ(SAM):
+    """HQ-SAM (the same adapter as :class:`SAM`, with an HQ-SAM model by default)."""
+
+    def __init__(self, model: str = "syscv-community/sam-hq-vit-base", **kwargs: Any) -> None:
+        super().__init__(model=model, **kwargs)

@@ -1,0 +1,1 @@
+"""Zero-shot evaluation (SegInW, COCO-format datasets); importable as ``grounded.evaluation``."""

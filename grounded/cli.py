@@ -1,0 +1,323 @@
+"""Command line: ``grounded segment``, ``grounded run``, ``grounded adapters``, ``grounded bench``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["main"]
+
+EXIT_OK, EXIT_IMAGE_ERRORS, EXIT_USAGE = 0, 1, 2
+
+
+class CliError(Exception):
+    """An error reported as one line, without a traceback."""
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("images", nargs="+", type=Path, help="image files (JPEG, PNG, TIFF, ...)")
+    p.add_argument("--prompt", "-p", required=True, help='classes separated by " . ", e.g. "dog . red car"')
+    p.add_argument("--out", "-o", type=Path, required=True, help="output folder (created if missing)")
+    p.add_argument(
+        "--format",
+        choices=("files", "coco"),
+        default="files",
+        help="files: NAME.json, NAME.png (overlay), NAME_labels.png (uint16 instance ids) per image; "
+        "coco: one coco.json (images, categories, annotations with RLE masks) for the whole run",
+    )
+    p.add_argument(
+        "--batch-size", type=int, default=None, help="images per model pass (default: adapters' own)"
+    )
+    p.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:1, ...")
+    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default=None, help="numeric precision")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="grounded", description="Open-vocabulary grounding: words in, boxes and pixel-exact masks out."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    seg = sub.add_parser(
+        "segment",
+        help="text-prompted segmentation (Grounding DINO -> SAM)",
+        description="Detect the prompt's classes with Grounding DINO and segment each box with SAM / HQ-SAM. "
+        "Outputs are written atomically; a bad image is reported by name and the others still complete "
+        "(exit code 1 at the end).",
+    )
+    _add_run_options(seg)
+    seg.add_argument(
+        "--pipeline",
+        default="grounded_sam",
+        help="bundled pipeline name or YAML path (default: grounded_sam)",
+    )
+    seg.add_argument(
+        "--detector", help="detector hub id or local folder (default: IDEA-Research/grounding-dino-tiny)"
+    )
+    seg.add_argument(
+        "--segmenter", help="SAM / HQ-SAM hub id or local folder (default: facebook/sam-vit-base)"
+    )
+    seg.add_argument("--box-threshold", type=float, help="minimum class score of a box (default 0.35)")
+    seg.add_argument(
+        "--text-threshold", type=float, help="token score delimiting the matched phrase (default 0.25)"
+    )
+    seg.add_argument("--top-k", type=int, help="at most this many detections per image (default 100)")
+    seg.add_argument("--nms-threshold", type=float, help="IoU of class-aware NMS (default 0.8)")
+    seg.add_argument("--no-nms", action="store_true", help="disable NMS")
+    seg.add_argument(
+        "--multi-label", action="store_true", help="score every (box, class) pair, not the best class"
+    )
+    seg.add_argument("--multimask", action="store_true", help="3 masks per box, keep the best predicted IoU")
+    seg.add_argument("--hq-token-only", action="store_true", help="HQ-SAM: use the HQ mask alone")
+
+    run = sub.add_parser(
+        "run",
+        help="run a YAML pipeline",
+        description="Run a YAML pipeline (a bundled name such as grounded_hq_sam, or a path) on images.",
+    )
+    run.add_argument("pipeline", help="bundled pipeline name or YAML path")
+    _add_run_options(run)
+    run.add_argument(
+        "--set",
+        dest="settings",
+        action="append",
+        default=[],
+        metavar="NODE.PARAM=VALUE",
+        help="override a node parameter (YAML value), e.g. --set detector.box_threshold=0.3",
+    )
+
+    sub.add_parser("adapters", help="list registered adapters and their ports")
+
+    demo = sub.add_parser(
+        "demo",
+        help="segment three skimage photos end to end",
+        description="Write skimage.data photos (astronaut, coffee, chelsea) to OUT/inputs and run `segment` on them "
+        "with the default hub models. Where those cannot be had (no network, nothing cached), tiny random-weight "
+        "models are built in OUT/models instead: the files show the whole flow, the boxes and masks mean nothing.",
+    )
+    demo.add_argument(
+        "--out", "-o", type=Path, default=Path("results"), help="output folder (default: results)"
+    )
+    demo.add_argument("--prompt", default="person . cup . cat . flag", help="text prompt")
+    demo.add_argument(
+        "--random-weights", action="store_true", help="use tiny random-weight models even if real ones exist"
+    )
+    demo.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+
+    bench = sub.add_parser("bench", help="time each stage with real-size random-weight models")
+    bench.add_argument("--image", default="astronaut", help="skimage.data image name (default: astronaut)")
+    bench.add_argument("--prompt", default="person . flag . helmet . face . rocket", help="text prompt")
+    bench.add_argument("--repeats", type=int, default=2, help="timed runs per stage (median reported)")
+    bench.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="numeric precision")
+    bench.add_argument(
+        "--small", action="store_true", help="tiny models (a smoke run of the benchmark itself)"
+    )
+    return parser
+
+
+def _shared_params(args: argparse.Namespace) -> dict[str, Any]:
+    """--device / --precision / --batch-size, for every node that takes them."""
+    shared: dict[str, Any] = {}
+    if args.device is not None:
+        shared["device"] = args.device
+    if args.precision is not None:
+        shared["precision"] = args.precision
+    if args.batch_size is not None:
+        if args.batch_size < 1:
+            raise CliError("--batch-size must be at least 1")
+        shared["batch_size"] = args.batch_size
+    return shared
+
+
+def _segment_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    det: dict[str, Any] = {}
+    seg: dict[str, Any] = {}
+    for flag, key in (
+        ("detector", "model"),
+        ("box_threshold", "box_threshold"),
+        ("text_threshold", "text_threshold"),
+        ("top_k", "top_k"),
+        ("nms_threshold", "nms_threshold"),
+    ):
+        if getattr(args, flag) is not None:
+            det[key] = getattr(args, flag)
+    if args.no_nms:
+        det["nms_threshold"] = None
+    if args.multi_label:
+        det["multi_label"] = True
+    if args.segmenter is not None:
+        seg["model"] = args.segmenter
+    if args.multimask:
+        seg["multimask_output"] = True
+    if args.hq_token_only:
+        seg["hq_token_only"] = True
+    return {k: v for k, v in (("detector", det), ("segmenter", seg)) if v}
+
+
+def _parse_settings(settings: Sequence[str]) -> dict[str, dict[str, Any]]:
+    import yaml
+
+    out: dict[str, dict[str, Any]] = {}
+    for item in settings:
+        key, eq, value = item.partition("=")
+        node, dot, param = key.partition(".")
+        if not eq or not dot or not node or not param:
+            raise CliError(f"--set expects NODE.PARAM=VALUE, got {item!r}")
+        out.setdefault(node, {})[param] = yaml.safe_load(value)
+    return out
+
+
+def _process(args: argparse.Namespace, pipeline: Any) -> int:
+    """Run the pipeline over the images in batches, writing results as each batch completes."""
+    from tqdm import tqdm
+
+    from grounded.export import CocoWriter, write_image_results
+    from grounded.images import ImageLoadError, LoadedImage, load_image, unique_names
+    from grounded.prompts import Prompt
+
+    prompt = Prompt.of(args.prompt)
+    pipeline.validate()
+    names = unique_names([p.stem for p in args.images])
+    args.out.mkdir(parents=True, exist_ok=True)
+    coco = CocoWriter() if args.format == "coco" else None
+    batch_size = args.batch_size or 4
+    failures: list[str] = []
+    total_detections = 0
+    progress = tqdm(total=len(args.images), unit="img", disable=args.quiet or None, file=sys.stderr)
+    pipeline.warm_up()
+    for start in range(0, len(args.images), batch_size):
+        batch: list[tuple[str, LoadedImage]] = []
+        for path, name in zip(
+            args.images[start : start + batch_size], names[start : start + batch_size], strict=True
+        ):
+            try:
+                batch.append((name, load_image(path)))
+            except ImageLoadError as exc:
+                failures.append(str(exc))
+                progress.write(f"grounded: error: {exc}", file=sys.stderr)
+                progress.update(1)
+        if not batch:
+            continue
+        detections = pipeline.run(images=[im for _, im in batch], prompt=prompt)["detections"]
+        for (name, image), det in zip(batch, detections, strict=True):
+            total_detections += len(det)
+            if coco is not None:
+                coco.add(image, det)
+            else:
+                write_image_results(args.out, name, image, det)
+            progress.update(1)
+    progress.close()
+    if coco is not None:
+        coco.write(args.out / "coco.json")
+    done = len(args.images) - len(failures)
+    print(
+        f"grounded: {done} image(s) processed, {total_detections} detection(s), {len(failures)} failed -> {args.out}",
+        file=sys.stderr,
+    )
+    return EXIT_IMAGE_ERRORS if failures else EXIT_OK
+
+
+def _list_adapters() -> int:
+    from grounded.engine import available_adapters, input_ports, output_ports
+
+    for name, cls in available_adapters().items():
+        ins = ", ".join(p.describe() for p in input_ports(cls).values())
+        outs = ", ".join(p.describe() for p in output_ports(cls).values())
+        print(f"{name:16s} {cls.__module__}.{cls.__name__}\n    inputs:  {ins}\n    outputs: {outs}")
+    return EXIT_OK
+
+
+def _demo(args: argparse.Namespace) -> int:
+    """Segment skimage photos with the default models, or tiny random-weight ones where those are unavailable."""
+    try:
+        from skimage import data
+    except ImportError:
+        raise CliError("the demo needs scikit-image: pip install scikit-image") from None
+    from PIL import Image
+
+    from grounded.api import build_pipeline
+    from grounded.sources import ModelSourceError, resolve_source
+    from grounded.testing import make_grounding_dino, make_sam
+
+    inputs = args.out / "inputs"
+    inputs.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, ext in (("astronaut", "png"), ("coffee", "jpg"), ("chelsea", "png")):
+        path = inputs / f"{name}.{ext}"
+        if not path.exists():
+            Image.fromarray(getattr(data, name)()).save(path)
+        paths.append(path)
+    overrides: dict[str, dict[str, Any]] = {}
+    try:
+        if args.random_weights:
+            raise ModelSourceError("random weights requested")
+        resolve_source("IDEA-Research/grounding-dino-tiny", "detector")
+        resolve_source("facebook/sam-vit-base", "segmenter")
+        print(
+            "grounded demo: using IDEA-Research/grounding-dino-tiny + facebook/sam-vit-base", file=sys.stderr
+        )
+    except ModelSourceError as exc:
+        models = args.out / "models"
+        print(
+            f"grounded demo: real weights unavailable ({exc}); using tiny RANDOM-weight models in {models}: "
+            "the output files show the flow, the boxes and masks are meaningless",
+            file=sys.stderr,
+        )
+        if not (models / "grounding-dino" / "config.json").is_file():
+            make_grounding_dino(models / "grounding-dino")
+        if not (models / "sam" / "config.json").is_file():
+            make_sam(models / "sam")
+        overrides = {
+            "detector": {"model": str(models / "grounding-dino"), "box_threshold": 0.0, "top_k": 5},
+            "segmenter": {"model": str(models / "sam")},
+        }
+    run_args = argparse.Namespace(
+        images=paths, prompt=args.prompt, out=args.out, format="files", batch_size=None, quiet=args.quiet
+    )
+    return _process(run_args, build_pipeline("grounded_sam", overrides=overrides))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``grounded`` command; returns the exit code."""
+    args = _build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="grounded: %(message)s")
+    from grounded.engine import PipelineError, UnknownAdapterError
+    from grounded.prompts import PromptError
+    from grounded.sources import ModelSourceError
+
+    try:
+        if args.command == "adapters":
+            return _list_adapters()
+        if args.command == "demo":
+            return _demo(args)
+        if args.command == "bench":
+            from grounded.benchmark import run_benchmark
+
+            run_benchmark(
+                image=args.image,
+                prompt=args.prompt,
+                repeats=args.repeats,
+                precision=args.precision,
+                small=args.small,
+            )
+            return EXIT_OK
+        from grounded.api import build_pipeline
+
+        overrides = _segment_overrides(args) if args.command == "segment" else _parse_settings(args.settings)
+        pipeline = build_pipeline(args.pipeline, overrides=overrides, shared=_shared_params(args))
+        return _process(args, pipeline)
+    except (CliError, ModelSourceError, PromptError, PipelineError, UnknownAdapterError) as exc:
+        print(f"grounded: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("grounded: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,90 @@
+"""Registry of adapter classes: built-ins register by decorator, third parties by entry point."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from importlib.metadata import entry_points
+
+from grounded.engine.adapter import Adapter
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "UnknownAdapterError",
+    "available_adapters",
+    "get_adapter",
+    "register_adapter",
+]
+
+ENTRY_POINT_GROUP = "grounded.adapters"
+_log = logging.getLogger(__name__)
+_REGISTRY: dict[str, type[Adapter]] = {}
+_loaded_builtins = False
+_loaded_entry_points = False
+
+
+class UnknownAdapterError(KeyError):
+    """A pipeline named an adapter type that is not registered."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+def register_adapter(name: str) -> Callable[[type[Adapter]], type[Adapter]]:
+    """Class decorator registering an :class:`Adapter` subclass under ``name``."""
+
+    def decorate(cls: type[Adapter]) -> type[Adapter]:
+        if not (isinstance(cls, type) and issubclass(cls, Adapter)):
+            raise TypeError(f"@register_adapter({name!r}) must decorate an Adapter subclass, got {cls!r}")
+        existing = _REGISTRY.get(name)
+        if existing is not None and existing is not cls:
+            raise ValueError(
+                f"adapter name {name!r} is already registered by {existing.__module__}.{existing.__name__}"
+            )
+        _REGISTRY[name] = cls
+        cls.registry_name = name
+        return cls
+
+    return decorate
+
+
+def _load_builtins() -> None:
+    global _loaded_builtins
+    if not _loaded_builtins:
+        _loaded_builtins = True
+        import grounded.adapters  # noqa: F401  (registers the built-in adapters)
+
+
+def _load_entry_points() -> None:
+    global _loaded_entry_points
+    if _loaded_entry_points:
+        return
+    _loaded_entry_points = True
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name in _REGISTRY:
+            continue
+        try:
+            cls = ep.load()
+        except Exception as exc:  # a broken plug-in must not break the built-ins
+            _log.warning("could not load grounded adapter %r from %s: %s", ep.name, ep.value, exc)
+            continue
+        register_adapter(ep.name)(cls)
+
+
+def get_adapter(name: str) -> type[Adapter]:
+    """The adapter class registered as ``name`` (built-ins first, then entry points)."""
+    _load_builtins()
+    if name not in _REGISTRY:
+        _load_entry_points()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        known = ", ".join(sorted(_REGISTRY)) or "none"
+        raise UnknownAdapterError(f"unknown adapter type {name!r}; registered adapters: {known}") from None
+
+
+def available_adapters() -> dict[str, type[Adapter]]:
+    """All registered adapters, by name."""
+    _load_builtins()
+    _load_entry_points()
+    return dict(sorted(_REGISTRY.items()))

@@ -1,0 +1,245 @@
+"""Random-weight models built from configs, saved in the exact on-disk format users load.
+
+* ``tiny`` models (a few hundred KB, milliseconds per image) for tests, the way transformers' own testers
+  size them;
+* ``real-size`` configs (Grounding DINO Swin-T, SAM ViT-B) with random weights for benchmarks: the same
+  FLOPs as the released checkpoints, without downloading them.
+
+Nothing here downloads anything: tokenizers are built from a synthetic WordPiece vocabulary.
+"""
+
+from __future__ import annotations
+
+import string
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = [
+    "grounding_dino_config",
+    "make_grounding_dino",
+    "make_sam",
+    "sam_config",
+    "wordpiece_vocab",
+]
+
+_WORDS = [
+    "dog",
+    "cat",
+    "car",
+    "red",
+    "blue",
+    "green",
+    "person",
+    "man",
+    "woman",
+    "left",
+    "right",
+    "shoe",
+    "shirt",
+    "hat",
+    "bicycle",
+    "tree",
+    "sky",
+    "road",
+    "house",
+    "window",
+    "door",
+    "table",
+    "chair",
+    "sofa",
+    "cup",
+    "coffee",
+    "rocket",
+    "horse",
+    "astronaut",
+    "flag",
+    "head",
+    "face",
+    "hand",
+    "leg",
+    "wheel",
+    "the",
+    "a",
+    "of",
+    "and",
+    "in",
+    "on",
+]
+
+
+# Swin stages 2-4 feed Grounding DINO (passed as a mapping: the config declares it as a property).
+_SWIN_OUTPUTS: dict[str, Any] = {"out_indices": [2, 3, 4]}
+
+
+def wordpiece_vocab(size: int | None = None) -> dict[str, int]:
+    """A BERT-style uncased WordPiece vocabulary in which every ASCII word can be tokenised.
+
+    Specials, punctuation, single letters and digits with their ``##`` continuations, a few whole words;
+    padded with filler tokens up to ``size`` (e.g. 30522 for ``bert-base-uncased``'s embedding size).
+    """
+    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tokens += list(string.punctuation)
+    tokens += list(string.ascii_lowercase + string.digits)
+    tokens += ["##" + c for c in string.ascii_lowercase + string.digits]
+    tokens += _WORDS
+    if size is not None:
+        if size < len(tokens):
+            raise ValueError(f"vocabulary size must be at least {len(tokens)}")
+        tokens += [f"[unused{i}]" for i in range(size - len(tokens))]
+    return {tok: i for i, tok in enumerate(tokens)}
+
+
+def _tokenizer(vocab_size: int | None) -> Any:
+    from transformers import BertTokenizer
+
+    return BertTokenizer(vocab=wordpiece_vocab(vocab_size), do_lower_case=True)
+
+
+# ---------------------------------------------------------------------------- Grounding DINO
+def grounding_dino_config(size: str = "tiny") -> Any:
+    """``"tiny"`` (test) or ``"swin-t"`` (the released ``grounding-dino-tiny`` architecture)."""
+    from transformers import BertConfig, GroundingDinoConfig, SwinConfig
+
+    if size == "swin-t":
+        backbone = SwinConfig(
+            embed_dim=96,
+            depths=[2, 2, 6, 2],
+            num_heads=[3, 6, 12, 24],
+            window_size=7,
+            image_size=224,
+            **_SWIN_OUTPUTS,
+        )
+        return GroundingDinoConfig(backbone_config=backbone, text_config=BertConfig())
+    if size != "tiny":
+        raise ValueError(f"unknown Grounding DINO size {size!r}; use 'tiny' or 'swin-t'")
+    backbone = SwinConfig(
+        embed_dim=8,
+        depths=[1, 1, 1, 1],
+        num_heads=[1, 1, 1, 1],
+        window_size=7,
+        image_size=32,
+        **_SWIN_OUTPUTS,
+    )
+    text = BertConfig(
+        vocab_size=len(wordpiece_vocab()),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=37,
+        max_position_embeddings=512,
+    )
+    return GroundingDinoConfig(
+        backbone_config=backbone,
+        text_config=text,
+        d_model=32,
+        encoder_layers=2,
+        decoder_layers=2,
+        encoder_ffn_dim=32,
+        decoder_ffn_dim=32,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        num_queries=30,
+        encoder_n_points=2,
+        decoder_n_points=2,
+    )
+
+
+def make_grounding_dino(path: str | Path, size: str = "tiny", seed: int = 0) -> Path:
+    """Save a random-weight Grounding DINO with its processor to ``path`` (``save_pretrained`` format)."""
+    from transformers import (
+        GroundingDinoForObjectDetection,
+        GroundingDinoImageProcessor,
+        GroundingDinoProcessor,
+    )
+
+    torch.manual_seed(seed)
+    config = grounding_dino_config(size)
+    model = GroundingDinoForObjectDetection(config).eval()
+    if size == "tiny":
+        image_processor = GroundingDinoImageProcessor(size={"shortest_edge": 128, "longest_edge": 200})
+        tokenizer = _tokenizer(None)
+    else:
+        image_processor = GroundingDinoImageProcessor()
+        tokenizer = _tokenizer(config.text_config.vocab_size)
+    path = Path(path)
+    model.save_pretrained(path)
+    GroundingDinoProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(path)
+    return path
+
+
+# ---------------------------------------------------------------------------- SAM / HQ-SAM
+def sam_config(size: str = "tiny", hq: bool = False) -> Any:
+    """``"tiny"`` (test) or ``"vit-b"`` (the released ViT-B architecture), SAM or HQ-SAM."""
+    from transformers import (
+        SamConfig,
+        SamHQConfig,
+        SamHQMaskDecoderConfig,
+        SamHQPromptEncoderConfig,
+        SamHQVisionConfig,
+        SamMaskDecoderConfig,
+        SamPromptEncoderConfig,
+        SamVisionConfig,
+    )
+
+    vision_cls, prompt_cls, decoder_cls, config_cls = (
+        (SamHQVisionConfig, SamHQPromptEncoderConfig, SamHQMaskDecoderConfig, SamHQConfig)
+        if hq
+        else (SamVisionConfig, SamPromptEncoderConfig, SamMaskDecoderConfig, SamConfig)
+    )
+    if size == "vit-b":
+        vision = vision_cls()
+        decoder_kwargs: dict[str, Any] = {"vit_dim": vision.hidden_size} if hq else {}
+        return config_cls(
+            vision_config=vision,
+            prompt_encoder_config=prompt_cls(),
+            mask_decoder_config=decoder_cls(**decoder_kwargs),
+        )
+    if size != "tiny":
+        raise ValueError(f"unknown SAM size {size!r}; use 'tiny' or 'vit-b'")
+    vision = vision_cls(
+        hidden_size=32,
+        output_channels=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=128,
+        patch_size=16,
+        window_size=4,
+        global_attn_indexes=[1],
+        num_pos_feats=16,
+        mlp_dim=64,
+    )
+    prompt = prompt_cls(hidden_size=32, image_size=128, patch_size=16, mask_input_channels=4)
+    decoder_kwargs = {"vit_dim": 32} if hq else {}
+    decoder = decoder_cls(
+        hidden_size=32,
+        mlp_dim=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        iou_head_hidden_dim=32,
+        **decoder_kwargs,
+    )
+    return config_cls(vision_config=vision, prompt_encoder_config=prompt, mask_decoder_config=decoder)
+
+
+def make_sam(path: str | Path, size: str = "tiny", hq: bool = False, seed: int = 0) -> Path:
+    """Save a random-weight SAM (or HQ-SAM) with its processor to ``path`` (``save_pretrained`` format)."""
+    from transformers import SamHQModel, SamHQProcessor, SamImageProcessor, SamModel, SamProcessor
+
+    torch.manual_seed(seed)
+    config = sam_config(size, hq=hq)
+    model = (SamHQModel if hq else SamModel)(config).eval()
+    if size == "tiny":
+        image_processor = SamImageProcessor(
+            size={"longest_edge": 128},
+            pad_size={"height": 128, "width": 128},
+            mask_size={"longest_edge": 32},
+            mask_pad_size={"height": 32, "width": 32},
+        )
+    else:
+        image_processor = SamImageProcessor()
+    path = Path(path)
+    model.save_pretrained(path)
+    (SamHQProcessor if hq else SamProcessor)(image_processor=image_processor).save_pretrained(path)
+    return path

@@ -1,0 +1,1 @@
+"""Bundled YAML pipelines (importable as ``grounded.pipelines``); load them with ``grounded.load_pipeline``."""

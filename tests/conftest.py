@@ -1,0 +1,50 @@
+"""Shared fixtures: tiny random models saved in the on-disk format users load, and real skimage images."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from skimage import data
+
+from grounded.testing import make_grounding_dino, make_sam
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="session")
+def tiny_gdino(models_dir) -> Path:
+    return make_grounding_dino(models_dir / "grounding-dino", size="tiny", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_sam(models_dir) -> Path:
+    return make_sam(models_dir / "sam", size="tiny", hq=False, seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_sam_hq(models_dir) -> Path:
+    return make_sam(models_dir / "sam-hq", size="tiny", hq=True, seed=0)
+
+
+@pytest.fixture(scope="session")
+def image_files(tmp_path_factory) -> dict[str, Path]:
+    """Real photos from skimage.data as files, plus a corrupt one."""
+    folder = tmp_path_factory.mktemp("images")
+    files = {}
+    for name, ext in (("astronaut", "png"), ("coffee", "jpg"), ("chelsea", "png")):
+        path = folder / f"{name}.{ext}"
+        Image.fromarray(getattr(data, name)()).save(path)
+        files[name] = path
+    corrupt = folder / "corrupt.jpg"
+    corrupt.write_bytes(files["coffee"].read_bytes()[:2000])
+    files["corrupt"] = corrupt
+    return files
+
+
+@pytest.fixture(scope="session")
+def astronaut() -> np.ndarray:
+    return data.astronaut()
