@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import bisect
+import itertools
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import torch
 from torchvision.ops import batched_nms
@@ -14,8 +16,8 @@ from grounded.detections import Detections
 from grounded.engine import Adapter, register_adapter
 from grounded.images import LoadedImage
 from grounded.phrases import Reduction, class_scores, matched_phrase, positive_map
-from grounded.prompts import Caption, Prompt, build_caption, chunk_classes
-from grounded.runtime import autocast, pick_device
+from grounded.prompts import Caption, Prompt, PromptError, build_caption, chunk_classes
+from grounded.runtime import autocast, check_precision, pick_device
 from grounded.sources import load_from_source
 
 __all__ = ["GroundingDINO"]
@@ -58,7 +60,10 @@ class GroundingDINO(Adapter):
         nms_threshold: IoU for class-aware NMS; ``None`` disables NMS.
         multi_label: score every (query, class) pair instead of each query's best class only.
         class_reduction: ``"max"`` or ``"mean"`` over a class's tokens.
-        batch_size: images per forward pass (padded to a common size).
+        batch_size: images per forward pass.
+        pad_batches: batch images of different sizes together, padded to a common size (more throughput on
+            mixed sizes; padding changes the features slightly). By default only images of the same
+            preprocessed size share a batch, so batched results equal one-by-one results.
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ...
         precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` (autocast).
     """
@@ -75,6 +80,7 @@ class GroundingDINO(Adapter):
         multi_label: bool = False,
         class_reduction: Reduction = "max",
         batch_size: int = 4,
+        pad_batches: bool = False,
         device: str = "auto",
         precision: str = "fp32",
     ) -> None:
@@ -82,6 +88,7 @@ class GroundingDINO(Adapter):
             raise ValueError("box_threshold and text_threshold must lie in [0, 1]")
         if top_k < 1 or batch_size < 1:
             raise ValueError("top_k and batch_size must be at least 1")
+        check_precision(precision)
         if class_reduction not in ("max", "mean"):
             raise ValueError(f"class_reduction must be 'max' or 'mean', got {class_reduction!r}")
         super().__init__(
@@ -93,6 +100,7 @@ class GroundingDINO(Adapter):
             multi_label=multi_label,
             class_reduction=class_reduction,
             batch_size=batch_size,
+            pad_batches=pad_batches,
             device=device,
             precision=precision,
         )
@@ -103,6 +111,7 @@ class GroundingDINO(Adapter):
         self.multi_label = multi_label
         self.class_reduction: Reduction = class_reduction
         self.batch_size = batch_size
+        self.pad_batches = pad_batches
         self.precision = precision
         self._device_name = device
         self._model: Any = None
@@ -116,9 +125,10 @@ class GroundingDINO(Adapter):
         from transformers import AutoModelForZeroShotObjectDetection, AutoProcessor
 
         source = self._params["model"]
+        device = pick_device(self._device_name, self.precision)
         processor = load_from_source(AutoProcessor.from_pretrained, source, "detector")
         model = load_from_source(AutoModelForZeroShotObjectDetection.from_pretrained, source, "detector")
-        self.device = pick_device(self._device_name)
+        self.device = device
         self._processor = processor
         self._model = model.to(self.device).eval()
 
@@ -148,7 +158,7 @@ class GroundingDINO(Adapter):
             )
             offsets = tuple((int(a), int(b)) for a, b in tokens["offset_mapping"][0].tolist())
             if len(offsets) > self.max_text_len:  # the per-class estimate was off: never truncate silently
-                raise ValueError(
+                raise PromptError(
                     f"caption of {len(offsets)} tokens exceeds {self.max_text_len}: {caption.text!r}"
                 )
             encoded.append(
@@ -221,16 +231,16 @@ class GroundingDINO(Adapter):
         else:
             order = torch.argsort(scores, descending=True, stable=True)
         order = order[: self.top_k]
-        chunk_ids = torch.cat(cands.chunk_ids)[order].tolist()
-        probs_rows = [row for part in cands.token_probs for row in part]
+        # token probabilities have one width per caption chunk: find each kept row in its own part
+        starts = list(itertools.accumulate((len(p) for p in cands.token_probs), initial=0))
         phrases = []
-        for k, i in enumerate(order.tolist()):
-            text = texts[chunk_ids[k]]
-            local = text.caption.class_ids.index(int(class_ids[i]))
+        for i, class_id in zip(order.tolist(), class_ids[order].tolist(), strict=True):
+            part = bisect.bisect_right(starts, i) - 1
+            text = texts[int(cands.chunk_ids[part][0])]
+            local = text.caption.class_ids.index(class_id)
+            row = cands.token_probs[part][i - starts[part]]
             phrases.append(
-                matched_phrase(
-                    text.caption.text, text.offsets, probs_rows[i], text.pos_map[local], self.text_threshold
-                )
+                matched_phrase(text.caption.text, text.offsets, row, text.pos_map[local], self.text_threshold)
             )
         return Detections(
             boxes=boxes[order],
@@ -244,43 +254,51 @@ class GroundingDINO(Adapter):
     def detect(self, images: Sequence[LoadedImage], prompt: Prompt | str | Sequence[str]) -> list[Detections]:
         """Detect the prompt's classes in each image (all images share the prompt).
 
-        Images are batched only with images of the same preprocessed size, so no image is ever padded:
-        batched results equal one-by-one results.
+        Unless ``pad_batches`` is set, images are batched only with images of the same preprocessed size, so
+        no image is padded and batched results equal one-by-one results.
         """
         self.warm_up()
         prompt = Prompt.of(prompt)
         texts = self.encode_prompt(prompt)
-        processed = [self._processor.image_processor(im.pixels, return_tensors="pt") for im in images]
-        buckets: dict[tuple[int, ...], list[int]] = {}
-        for i, p in enumerate(processed):
-            buckets.setdefault(tuple(p["pixel_values"].shape), []).append(i)
         results: list[Detections | None] = [None] * len(images)
-        for members in buckets.values():
-            for start in range(0, len(members), self.batch_size):
-                idxs = members[start : start + self.batch_size]
-                pixels = {
-                    k: torch.cat([processed[i][k] for i in idxs]) for k in ("pixel_values", "pixel_mask")
-                }
-                cands = [_Candidates([], [], [], [], []) for _ in idxs]
-                for chunk_index, text in enumerate(texts):
-                    probs, boxes = self._forward(pixels, text)
-                    for b in range(len(idxs)):
-                        self._collect(cands[b], chunk_index, text, probs[b], boxes[b])
-                for i, c in zip(idxs, cands, strict=True):
-                    results[i] = self._finish(images[i], prompt, texts, c)
+        for idxs, pixels in self._batches(images):
+            cands = [_Candidates([], [], [], [], []) for _ in idxs]
+            for chunk_index, text in enumerate(texts):
+                probs, boxes = self._forward(pixels, text)
+                for b in range(len(idxs)):
+                    self._collect(cands[b], chunk_index, text, probs[b], boxes[b])
+            for i, c in zip(idxs, cands, strict=True):
+                results[i] = self._finish(images[i], prompt, texts, c)
         return [r for r in results if r is not None]
 
+    def _batches(self, images: Sequence[LoadedImage]) -> Iterator[tuple[list[int], dict[str, torch.Tensor]]]:
+        """Image indices and their preprocessed pixels (``pixel_values``, ``pixel_mask``), batch by batch."""
+        if self.pad_batches:
+            groups = [list(range(len(images)))]
+        else:  # images of the same size resize to the same shape: batching them needs no padding
+            buckets: dict[tuple[int, int], list[int]] = {}
+            for i, im in enumerate(images):
+                buckets.setdefault(im.size, []).append(i)
+            groups = list(buckets.values())
+        processor = self._processor.image_processor
+        for members in groups:
+            for start in range(0, len(members), self.batch_size):
+                idxs = members[start : start + self.batch_size]
+                pixels = [images[i].pixels for i in idxs]
+                yield idxs, dict(processor(pixels, return_tensors="pt", input_data_format="channels_last"))
+
     def run(self, images: list[LoadedImage], prompt: Prompt | list[Prompt]) -> dict[str, Any]:
-        """Port entry: one prompt for all images, or one prompt per image."""
-        if isinstance(prompt, list):
+        """Port entry: one prompt for all images, or a list of one :class:`Prompt` per image."""
+        if isinstance(prompt, list) and prompt and all(isinstance(p, Prompt) for p in prompt):
             if len(prompt) != len(images):
                 raise ValueError(f"got {len(prompt)} prompts for {len(images)} images")
             groups: dict[tuple[str, ...], list[int]] = {}
             for i, p in enumerate(prompt):
-                groups.setdefault(Prompt.of(p).classes, []).append(i)
+                groups.setdefault(p.classes, []).append(i)
             out: list[Detections | None] = [None] * len(images)
             for classes, idxs in groups.items():
                 for i, det in zip(idxs, self.detect([images[i] for i in idxs], Prompt(classes)), strict=True):
                     out[i] = det
             return {"detections": out}
-        return {"detections": self.detect(images, prompt)}
+        # a str, a list of class names or a Prompt: one prompt for every image
+        return {"detections": self.detect(images, cast("Prompt | str | Sequence[str]", prompt))}

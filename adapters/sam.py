@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -11,10 +12,15 @@ import torch
 from grounded.detections import Detections
 from grounded.engine import Adapter, register_adapter
 from grounded.images import LoadedImage
-from grounded.runtime import autocast, pick_device
-from grounded.sources import load_from_source
+from grounded.runtime import autocast, check_precision, pick_device
+from grounded.sources import ModelSourceError, load_from_source
 
 __all__ = ["SAM", "SAMHQ", "ImageEmbedding"]
+
+_log = logging.getLogger(__name__)
+
+# float32 bytes allowed for masks being upsampled at once (full-resolution float masks are large)
+_UPSAMPLE_BYTES = 256 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -46,6 +52,7 @@ class SAM(Adapter):
     """
 
     outputs: ClassVar[dict[str, Any]] = {"detections": list[Detections]}
+    expects_hq: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -60,6 +67,7 @@ class SAM(Adapter):
     ) -> None:
         if batch_size < 1 or max_boxes_per_call < 1:
             raise ValueError("batch_size and max_boxes_per_call must be at least 1")
+        check_precision(precision)
         super().__init__(
             model=str(model),
             multimask_output=multimask_output,
@@ -83,16 +91,24 @@ class SAM(Adapter):
     def warm_up(self) -> None:
         if self._model is not None:
             return
-        from transformers import AutoModel, AutoProcessor
+        from transformers import AutoConfig, AutoModel, AutoProcessor
 
         source = self._params["model"]
+        device = pick_device(self._device_name, self.precision)
+        config = load_from_source(AutoConfig.from_pretrained, source, "segmenter")
+        if config.model_type not in ("sam", "sam_hq"):
+            raise ModelSourceError(
+                f"segmenter {source!r} is a {config.model_type!r} model, not SAM or HQ-SAM"
+            )
+        if self.expects_hq and config.model_type != "sam_hq":
+            raise ModelSourceError(
+                f"segmenter {source!r} is plain SAM; the sam_hq adapter needs an HQ-SAM model"
+            )
+        if self.hq_token_only and config.model_type != "sam_hq":
+            _log.warning("hq_token_only has no effect: %s is plain SAM, not HQ-SAM", source)
         processor = load_from_source(AutoProcessor.from_pretrained, source, "segmenter")
         model = load_from_source(AutoModel.from_pretrained, source, "segmenter")
-        if model.config.model_type not in ("sam", "sam_hq"):
-            raise ValueError(
-                f"segmenter {source!r} is a {model.config.model_type!r} model, not SAM or HQ-SAM"
-            )
-        self.device = pick_device(self._device_name)
+        self.device = device
         self._processor = processor
         self._model = model.to(self.device).eval()
 
@@ -110,7 +126,9 @@ class SAM(Adapter):
         out: list[ImageEmbedding] = []
         for start in range(0, len(images), self.batch_size):
             batch = images[start : start + self.batch_size]
-            inputs = self._processor.image_processor([im.pixels for im in batch], return_tensors="pt")
+            inputs = self._processor.image_processor(
+                [im.pixels for im in batch], return_tensors="pt", input_data_format="channels_last"
+            )
             pixel_values = inputs["pixel_values"].to(self.device)
             with autocast(self.device, self.precision):
                 encoded = self._model.get_image_embeddings(pixel_values)
@@ -160,15 +178,26 @@ class SAM(Adapter):
             best = iou.argmax(dim=-1)
             rows = torch.arange(len(group), device=low_res.device)
             low_res, iou = low_res[rows, best][:, None], iou[rows, best]
-            masks = self._processor.image_processor.post_process_masks(
-                [low_res],
-                [embedding.original_size],
-                [embedding.reshaped_size],
-                mask_threshold=self.mask_threshold,
-            )[0][:, 0]
-            masks_out.append(masks.to(self.device))
+            masks_out.append(self._upsample(low_res, embedding))
             scores_out.append(iou)
         return torch.cat(masks_out), torch.cat(scores_out)
+
+    def _upsample(self, low_res: torch.Tensor, embedding: ImageEmbedding) -> torch.Tensor:
+        """Low-res logits ``(n, 1, h, w)`` → bool masks ``(n, H, W)``, a few at a time to bound float memory."""
+        height, width = embedding.original_size
+        step = max(1, _UPSAMPLE_BYTES // (4 * max(height * width, 1024 * 1024)))
+        post = self._processor.image_processor.post_process_masks
+        return torch.cat(
+            [
+                post(
+                    [low_res[i : i + step]],
+                    [embedding.original_size],
+                    [embedding.reshaped_size],
+                    mask_threshold=self.mask_threshold,
+                )[0][:, 0].to(self.device)
+                for i in range(0, len(low_res), step)
+            ]
+        )
 
     def segment(self, images: Sequence[LoadedImage], detections: Sequence[Detections]) -> list[Detections]:
         """Attach a mask and its predicted IoU to every detection's box."""
@@ -180,17 +209,19 @@ class SAM(Adapter):
                     f"detections for size {det.image_size} do not match image {image.name} {image.size}"
                 )
         self.warm_up()
+        out: list[Detections] = []
+        for det in detections:  # images without boxes are not encoded
+            height, width = det.image_size
+            empty = torch.zeros((0, height, width), dtype=torch.bool, device=det.device)
+            out.append(det if len(det) else det.with_masks(empty, torch.zeros((0,), device=det.device)))
         todo = [i for i, det in enumerate(detections) if len(det)]
-        embeddings = dict(zip(todo, self.encode([images[i] for i in todo]), strict=True))
-        out = []
-        for i, det in enumerate(detections):
-            if i in embeddings:
-                masks, scores = self.decode(embeddings[i], det.boxes)
-            else:
-                height, width = det.image_size
-                masks = torch.zeros((0, height, width), dtype=torch.bool, device=det.device)
-                scores = torch.zeros((0,), device=det.device)
-            out.append(det.with_masks(masks.to(det.device), scores.to(det.device)))
+        for start in range(0, len(todo), self.batch_size):  # encode a batch, decode it, drop its embeddings
+            idxs = todo[start : start + self.batch_size]
+            for i, embedding in zip(idxs, self.encode([images[i] for i in idxs]), strict=True):
+                masks, scores = self.decode(embedding, detections[i].boxes)
+                out[i] = detections[i].with_masks(
+                    masks.to(detections[i].device), scores.to(detections[i].device)
+                )
         return out
 
     def run(self, images: list[LoadedImage], detections: list[Detections]) -> dict[str, Any]:
@@ -200,7 +231,9 @@ class SAM(Adapter):
 
 @register_adapter("sam_hq")
 class SAMHQ(SAM):
-    """HQ-SAM (the same adapter as :class:`SAM`, with an HQ-SAM model by default)."""
+    """HQ-SAM (the same adapter as :class:`SAM`; refuses a plain SAM model)."""
+
+    expects_hq: ClassVar[bool] = True
 
     def __init__(self, model: str = "syscv-community/sam-hq-vit-base", **kwargs: Any) -> None:
         super().__init__(model=model, **kwargs)

@@ -35,6 +35,11 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:1, ...")
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default=None, help="numeric precision")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--skip-existing",
+        action="store_true",
+        help="resume an interrupted run: skip images whose NAME.json (written last) is already in --out",
+    )
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -172,29 +177,71 @@ def _parse_settings(settings: Sequence[str]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def _output_names(stems: Sequence[str]) -> list[str]:
+    """Unique output names; ``x_labels`` is renamed when ``x`` is there too (``x_labels.png`` is taken)."""
+    from grounded.images import unique_names
+
+    names = unique_names(stems)
+    taken = {n.lower() for n in names}
+    for i, name in enumerate(names):
+        if name.lower().endswith("_labels") and name[: -len("_labels")].lower() in taken:
+            k = 1
+            while f"{name}_{k}".lower() in taken:
+                k += 1
+            names[i] = f"{name}_{k}"
+            taken.add(names[i].lower())
+    return names
+
+
+def _check_no_overwrite(images: Sequence[Path], names: Sequence[str], out: Path) -> None:
+    """Refuse outputs that would replace an input image (e.g. ``--out`` set to the input folder)."""
+    inputs = {p.resolve() for p in images if p.exists()}
+    for name in names:
+        for target in (out / f"{name}.png", out / f"{name}_labels.png", out / f"{name}.json"):
+            if target.resolve() in inputs:
+                raise CliError(f"output {target} would overwrite an input image; choose another --out")
+
+
+def _finished(json_path: Path, image_path: Path) -> bool:
+    """Whether a previous run completed this image (its JSON, written last, names this file)."""
+    import json
+
+    try:
+        return bool(json.loads(json_path.read_text())["image"]["file_name"] == image_path.name)
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
 def _process(args: argparse.Namespace, pipeline: Any) -> int:
     """Run the pipeline over the images in batches, writing results as each batch completes."""
     from tqdm import tqdm
 
     from grounded.export import CocoWriter, write_image_results
-    from grounded.images import ImageLoadError, LoadedImage, load_image, unique_names
+    from grounded.images import ImageLoadError, LoadedImage, load_image
     from grounded.prompts import Prompt
 
     prompt = Prompt.of(args.prompt)
     pipeline.validate()
-    names = unique_names([p.stem for p in args.images])
+    names = _output_names([p.stem for p in args.images])
+    if args.format == "files":
+        _check_no_overwrite(args.images, names, args.out)
     args.out.mkdir(parents=True, exist_ok=True)
+    todo = list(zip(args.images, names, strict=True))
+    if args.skip_existing:
+        if args.format != "files":
+            raise CliError("--skip-existing works with --format files (one JSON per image)")
+        todo = [(path, name) for path, name in todo if not _finished(args.out / f"{name}.json", path)]
+    skipped = len(args.images) - len(todo)
     coco = CocoWriter() if args.format == "coco" else None
     batch_size = args.batch_size or 4
     failures: list[str] = []
     total_detections = 0
-    progress = tqdm(total=len(args.images), unit="img", disable=args.quiet or None, file=sys.stderr)
-    pipeline.warm_up()
-    for start in range(0, len(args.images), batch_size):
+    progress = tqdm(total=len(todo), unit="img", disable=args.quiet or None, file=sys.stderr)
+    if todo:
+        pipeline.warm_up()
+    for start in range(0, len(todo), batch_size):
         batch: list[tuple[str, LoadedImage]] = []
-        for path, name in zip(
-            args.images[start : start + batch_size], names[start : start + batch_size], strict=True
-        ):
+        for path, name in todo[start : start + batch_size]:
             try:
                 batch.append((name, load_image(path)))
             except ImageLoadError as exc:
@@ -214,9 +261,11 @@ def _process(args: argparse.Namespace, pipeline: Any) -> int:
     progress.close()
     if coco is not None:
         coco.write(args.out / "coco.json")
-    done = len(args.images) - len(failures)
+    done = len(todo) - len(failures)
     print(
-        f"grounded: {done} image(s) processed, {total_detections} detection(s), {len(failures)} failed -> {args.out}",
+        f"grounded: {done} image(s) processed, {total_detections} detection(s), {len(failures)} failed"
+        + (f", {skipped} skipped (already done)" if skipped else "")
+        + f" -> {args.out}",
         file=sys.stderr,
     )
     return EXIT_IMAGE_ERRORS if failures else EXIT_OK
@@ -277,7 +326,13 @@ def _demo(args: argparse.Namespace) -> int:
             "segmenter": {"model": str(models / "sam")},
         }
     run_args = argparse.Namespace(
-        images=paths, prompt=args.prompt, out=args.out, format="files", batch_size=None, quiet=args.quiet
+        images=paths,
+        prompt=args.prompt,
+        out=args.out,
+        format="files",
+        batch_size=None,
+        quiet=args.quiet,
+        skip_existing=False,
     )
     return _process(run_args, build_pipeline("grounded_sam", overrides=overrides))
 
@@ -288,6 +343,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="grounded: %(message)s")
     from grounded.engine import PipelineError, UnknownAdapterError
     from grounded.prompts import PromptError
+    from grounded.runtime import DeviceError
     from grounded.sources import ModelSourceError
 
     try:
@@ -311,7 +367,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         overrides = _segment_overrides(args) if args.command == "segment" else _parse_settings(args.settings)
         pipeline = build_pipeline(args.pipeline, overrides=overrides, shared=_shared_params(args))
         return _process(args, pipeline)
-    except (CliError, ModelSourceError, PromptError, PipelineError, UnknownAdapterError) as exc:
+    except (CliError, DeviceError, ModelSourceError, PromptError, PipelineError, UnknownAdapterError) as exc:
         print(f"grounded: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

@@ -9,7 +9,7 @@ vocabulary and the exact text span (phrase) each detection matched. It converts 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -45,7 +45,6 @@ class Detections:
     image_size: tuple[int, int]
     masks: torch.Tensor | None = None
     mask_scores: torch.Tensor | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         n = self.boxes.shape[0]
@@ -145,13 +144,15 @@ class Detections:
 
     def _normalize_index(self, index: Index) -> torch.Tensor:
         n = len(self)
+        if isinstance(index, (bool, np.bool_)):
+            raise IndexError("index detections with a boolean array of one value per detection, not a bool")
         if isinstance(index, (int, np.integer)):
             i = int(index)
             if not -n <= i < n:
                 raise IndexError(f"index {i} out of range for {n} detections")
             return torch.tensor([i % n], dtype=torch.int64, device=self.device)
         if isinstance(index, slice):
-            return torch.arange(n, device=self.device)[index]
+            return torch.tensor(range(n)[index], dtype=torch.int64, device=self.device)
         tensor = torch.as_tensor(np.asarray(index) if not isinstance(index, torch.Tensor) else index)
         if tensor.dtype == torch.bool:
             if tensor.shape != (n,):
@@ -193,6 +194,7 @@ class Detections:
         if self.mask_scores is not None:
             data["mask_score"] = self.mask_scores.detach().float().cpu().numpy()
         return sv.Detections(
+            metadata={"classes": list(self.classes), "image_size": self.image_size},
             xyxy=self.boxes.detach().float().cpu().numpy().astype(np.float32).reshape(-1, 4),
             mask=None if self.masks is None else self.masks.detach().cpu().numpy(),
             confidence=self.scores.detach().float().cpu().numpy(),
@@ -210,10 +212,13 @@ class Detections:
     ) -> Detections:
         """Build from ``supervision.Detections``.
 
-        The class vocabulary is ``classes`` when given, else the sorted distinct ``data["class_name"]``
-        values; ``class_id`` is used when present and no names are available.
+        The class vocabulary is ``classes`` when given, else the one :meth:`to_supervision` stored in
+        ``metadata["classes"]``, else the sorted distinct ``data["class_name"]`` values; ``class_id`` is used
+        when present and no names are available.
         """
         n = len(detections)
+        if classes is None:
+            classes = (getattr(detections, "metadata", None) or {}).get("classes")
         names = detections.data.get("class_name") if detections.data else None
         if classes is None:
             if names is not None:

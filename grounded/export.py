@@ -174,7 +174,7 @@ def image_json(image: LoadedImage, det: Detections) -> dict[str, Any]:
 
 
 def write_image_results(out_dir: Path, name: str, image: LoadedImage, det: Detections) -> list[Path]:
-    """Write ``NAME.json``, ``NAME.png`` (overlay) and, when there are masks, ``NAME_labels.png`` (uint16).
+    """Write ``NAME.png`` (overlay), ``NAME_labels.png`` (uint16, when there are masks), then ``NAME.json``.
 
     Creates ``out_dir`` if needed and returns the paths written.
     """
@@ -182,12 +182,14 @@ def write_image_results(out_dir: Path, name: str, image: LoadedImage, det: Detec
         raise ValueError(f"invalid output name {name!r}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    written = [out_dir / f"{name}.json", out_dir / f"{name}.png"]
-    atomic_write_text(written[0], _dumps(image_json(image, det)))
-    atomic_write_bytes(written[1], encode_png(overlay_image(image, det)))
+    written = [out_dir / f"{name}.png"]
+    atomic_write_bytes(written[0], encode_png(overlay_image(image, det)))
     if det.masks is not None:
         written.append(out_dir / f"{name}_labels.png")
-        atomic_write_bytes(written[2], encode_png(label_image(det)))
+        atomic_write_bytes(written[-1], encode_png(label_image(det)))
+    # the JSON goes last: its presence marks the image as complete (``grounded segment --skip-existing``)
+    written.append(out_dir / f"{name}.json")
+    atomic_write_text(written[-1], _dumps(image_json(image, det)))
     return written
 
 

@@ -11,6 +11,8 @@ from typing import Literal
 
 import torch
 
+from grounded.prompts import PromptError
+
 __all__ = ["class_scores", "matched_phrase", "positive_map"]
 
 Reduction = Literal["max", "mean"]
@@ -34,7 +36,7 @@ def positive_map(
                 out[c, t] = True
     empty = [c for c in range(len(spans)) if not out[c].any()]
     if empty:
-        raise ValueError(f"classes {empty} own no tokens; check the caption spans")
+        raise PromptError(f"classes {empty} own no tokens: they hold nothing the text encoder can read")
     return out
 
 

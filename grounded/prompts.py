@@ -28,6 +28,8 @@ class Prompt:
         for c in self.classes:
             if not c.strip():
                 raise PromptError(f"empty class name in {self.classes!r}")
+            if "." in c:
+                raise PromptError(f"class name {c!r} contains '.', which separates classes; write it without")
 
     @classmethod
     def of(cls, prompt: str | Sequence[str] | Prompt) -> Prompt:

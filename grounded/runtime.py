@@ -8,24 +8,43 @@ from typing import Literal
 
 import torch
 
-__all__ = ["PRECISIONS", "Precision", "autocast", "pick_device"]
+__all__ = ["PRECISIONS", "DeviceError", "Precision", "autocast", "check_precision", "pick_device"]
 
 Precision = Literal["fp32", "bf16", "fp16"]
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
 
 
-def pick_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` → the first CUDA device if there is one, else the CPU; anything else as given."""
+class DeviceError(ValueError):
+    """A device or precision this machine cannot run."""
+
+
+def check_precision(precision: str) -> str:
+    """Validate a precision name early (when an adapter is built, not at its first forward pass)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    return precision
+
+
+def pick_device(device: str | torch.device = "auto", precision: str = "fp32") -> torch.device:
+    """``"auto"`` → the first CUDA device if there is one, else the CPU; checks the device exists here."""
     if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+        chosen = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        try:
+            chosen = torch.device(device)
+        except RuntimeError as exc:
+            raise DeviceError(f"invalid device {device!r}: {exc}") from None
+    if chosen.type == "cuda" and not torch.cuda.is_available():
+        raise DeviceError(f"device {device!r} requested but CUDA is not available here; use --device cpu")
+    if precision == "fp16" and chosen.type == "cpu":
+        raise DeviceError("fp16 is for GPUs; use --precision bf16 (or fp32) on the CPU")
+    return chosen
 
 
 @contextlib.contextmanager
 def autocast(device: torch.device, precision: str) -> Iterator[None]:
     """Mixed precision for the block (scoped, never process-wide): bf16/fp16 autocast, or plain fp32."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    check_precision(precision)
     if precision == "fp32":
         yield
         return

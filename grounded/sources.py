@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 from collections.abc import Callable
 from pathlib import Path
@@ -28,6 +29,8 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
 
     if constants.HF_HUB_OFFLINE:
         return False
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True  # a direct probe says nothing behind a proxy: let the download itself decide
     url = urlparse(constants.ENDPOINT)
     try:
         with socket.create_connection((url.hostname or "huggingface.co", url.port or 443), timeout=timeout):
@@ -79,7 +82,13 @@ def load_from_source(loader: Callable[..., T], source: str | Path, what: str) ->
     """Call ``loader(name_or_path, local_files_only=...)`` with errors turned into :class:`ModelSourceError`."""
     name, local_only = resolve_source(source, what)
     try:
-        return loader(name, local_files_only=local_only)
+        try:
+            return loader(name, local_files_only=local_only)
+        except OSError:
+            # a partial cache (an interrupted download): complete it from the hub when it can be reached
+            if not local_only or Path(name).is_dir() or not _hub_reachable():
+                raise
+            return loader(name, local_files_only=False)
     except ModelSourceError:
         raise
     except (OSError, ValueError, KeyError) as exc:

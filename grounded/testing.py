@@ -61,7 +61,6 @@ _WORDS = [
     "leg",
     "wheel",
     "the",
-    "a",
     "of",
     "and",
     "in",
@@ -73,22 +72,33 @@ _WORDS = [
 _SWIN_OUTPUTS: dict[str, Any] = {"out_indices": [2, 3, 4]}
 
 
+# ids fixed by bert-base-uncased, which Grounding DINO's text masks hard-code ([CLS], [SEP], ".", "?")
+_FIXED_IDS = {"[PAD]": 0, "[UNK]": 100, "[CLS]": 101, "[SEP]": 102, "[MASK]": 103, ".": 1012, "?": 1029}
+_MIN_VOCAB = 1030
+
+
 def wordpiece_vocab(size: int | None = None) -> dict[str, int]:
     """A BERT-style uncased WordPiece vocabulary in which every ASCII word can be tokenised.
 
-    Specials, punctuation, single letters and digits with their ``##`` continuations, a few whole words;
-    padded with filler tokens up to ``size`` (e.g. 30522 for ``bert-base-uncased``'s embedding size).
+    Special tokens, ``.`` and ``?`` sit at their ``bert-base-uncased`` ids (Grounding DINO splits the caption
+    into per-class sub-sentences by those ids); then punctuation, letters and digits with their ``##``
+    continuations and a few whole words; the rest is filler up to ``size`` (at least 1030; 30522 for
+    ``bert-base-uncased``'s embedding size).
     """
-    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tokens += list(string.punctuation)
-    tokens += list(string.ascii_lowercase + string.digits)
-    tokens += ["##" + c for c in string.ascii_lowercase + string.digits]
-    tokens += _WORDS
-    if size is not None:
-        if size < len(tokens):
-            raise ValueError(f"vocabulary size must be at least {len(tokens)}")
-        tokens += [f"[unused{i}]" for i in range(size - len(tokens))]
-    return {tok: i for i, tok in enumerate(tokens)}
+    size = _MIN_VOCAB if size is None else size
+    if size < _MIN_VOCAB:
+        raise ValueError(f"vocabulary size must be at least {_MIN_VOCAB}")
+    tokens: list[str | None] = [None] * size
+    for token, index in _FIXED_IDS.items():
+        tokens[index] = token
+    rest = [c for c in string.punctuation if c not in _FIXED_IDS]
+    rest += list(string.ascii_lowercase + string.digits)
+    rest += ["##" + c for c in string.ascii_lowercase + string.digits]
+    rest += _WORDS
+    free = (i for i, t in enumerate(tokens) if t is None)
+    for token in rest:
+        tokens[next(free)] = token
+    return {(t if t is not None else f"[unused{i}]"): i for i, t in enumerate(tokens)}
 
 
 def _tokenizer(vocab_size: int | None) -> Any:

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from grounded.adapters import SAM, GroundingDINO
+from grounded.adapters import SAM, SAMHQ, GroundingDINO
 from grounded.detections import Detections
 from grounded.images import load_image
 from grounded.prompts import Prompt
@@ -46,8 +46,10 @@ def test_scores_are_the_assigned_class_token_maximum(detector, astronaut):
     pixels = detector._processor.image_processor([image.pixels], return_tensors="pt")
     probs, _ = detector._forward(pixels, text)
     expected = torch.stack([(probs[0][:, text.pos_map[c]]).amax(-1) for c in range(4)], dim=-1)  # (Q, 4)
-    best, _ = expected.max(-1)
-    assert torch.allclose(dets.scores, best.sort(descending=True).values[: len(dets)], atol=1e-6)
+    best, best_class = expected.max(-1)
+    order = best.argsort(descending=True, stable=True)[: len(dets)]
+    assert torch.allclose(dets.scores, best[order], atol=1e-6)
+    assert torch.equal(dets.class_ids, best_class[order])
 
 
 def test_thresholds_top_k_and_nms(tiny_gdino, astronaut):
@@ -93,6 +95,26 @@ def test_batched_equals_unbatched(tiny_gdino, image_files):
     assert not torch.allclose(batched[0].scores, batched[1].scores)  # different images, different results
 
 
+def test_padded_batches_mix_sizes_in_one_pass(tiny_gdino, image_files):
+    images = [load_image(image_files[n]) for n in ("astronaut", "chelsea", "coffee")]
+    det = GroundingDINO(model=str(tiny_gdino), box_threshold=0.0, batch_size=3, pad_batches=True)
+    det.warm_up()
+    shapes = []
+    original = det._model.forward
+    det._model.forward = lambda *a, **k: shapes.append(tuple(k["pixel_values"].shape)) or original(*a, **k)
+    out = det.detect(images, PROMPT)
+    assert len(shapes) == 1 and shapes[0][0] == 3  # one forward pass for three sizes
+    assert [d.image_size for d in out] == [im.size for im in images]
+    alone = [GroundingDINO(model=str(tiny_gdino), box_threshold=0.0).detect([im], PROMPT)[0] for im in images]
+    # the batch pads to the largest resized shape; the image that has that shape matches its own run,
+    # the padded ones differ
+    widest = max(range(3), key=lambda k: images[k].size[1] / images[k].size[0])
+    assert shapes[0][2:] == (128, 192)
+    assert torch.allclose(out[widest].boxes, alone[widest].boxes, atol=1e-3)
+    assert out[widest].phrases == alone[widest].phrases
+    assert not torch.allclose(out[0].scores, alone[0].scores)
+
+
 def test_long_prompt_is_split_and_merged(detector, astronaut, monkeypatch):
     """With a small text limit the prompt is split; merged results equal separate runs of each part."""
     image = load_image(astronaut)
@@ -129,12 +151,16 @@ def test_prompt_over_256_tokens_runs(detector, astronaut):
     assert len(dets) == detector.top_k and dets.class_ids.max() < 120
 
 
-def test_per_image_prompts(detector, astronaut):
-    image = load_image(astronaut)
-    out = detector.run(images=[image, image], prompt=[Prompt.of("person"), Prompt.of("flag . sky")])[
-        "detections"
-    ]
-    assert out[0].classes == ("person",) and out[1].classes == ("flag", "sky")
+def test_per_image_prompts(detector, image_files):
+    images = [load_image(image_files[n]) for n in ("astronaut", "chelsea", "coffee")]
+    prompts = [Prompt.of("person"), Prompt.of("cat . sky"), Prompt.of("person")]
+    out = detector.run(images=images, prompt=prompts)["detections"]
+    for image, prompt, det in zip(images, prompts, out, strict=True):
+        expected = detector.detect([image], prompt)[0]
+        assert det.classes == prompt.classes and torch.equal(det.boxes, expected.boxes)
+    # a plain list of class names is one prompt for every image
+    shared = detector.run(images=images[:2], prompt=["cat", "sky"])["detections"]
+    assert [d.classes for d in shared] == [("cat", "sky"), ("cat", "sky")]
 
 
 @pytest.mark.parametrize("hq", [False, True])
@@ -172,8 +198,11 @@ def test_sam_box_scaling_matches_the_processor(tiny_sam, image_files):
     box = [[[10.0, 20.0, 200.0, 300.0]]]
     inputs = sam._processor(images=image.pixels, input_boxes=box, return_tensors="pt")
     (emb,) = sam.encode([image])
-    scale = torch.tensor([emb.reshaped_size[1] / 600, emb.reshaped_size[0] / 400] * 2)
-    assert torch.allclose(torch.tensor(box[0]) * scale, inputs["input_boxes"][0].float(), atol=1e-4)
+    sent = []
+    original = sam._model.forward
+    sam._model.forward = lambda *a, **k: sent.append(k["input_boxes"]) or original(*a, **k)
+    sam.decode(emb, torch.tensor(box[0]))
+    assert torch.allclose(sent[0].float(), inputs["input_boxes"].float(), atol=1e-4)
     assert torch.allclose(emb.embedding, sam._model.get_image_embeddings(inputs["pixel_values"]), atol=1e-5)
 
 
@@ -199,9 +228,20 @@ def test_zero_detections_skip_the_segmenter(tiny_sam, image_files):
     assert len(out) == 0 and out.masks.shape == (0, 300, 451)
 
 
-def test_segmenter_rejects_a_detector_folder(tiny_gdino):
-    with pytest.raises(ValueError, match="not SAM"):
+def test_segmenter_rejects_a_detector_folder_and_sam_hq_rejects_plain_sam(tiny_gdino, tiny_sam):
+    with pytest.raises(ModelSourceError, match="not SAM or HQ-SAM"):
         SAM(model=str(tiny_gdino)).warm_up()
+    with pytest.raises(ModelSourceError, match="plain SAM"):
+        SAMHQ(model=str(tiny_sam)).warm_up()
+
+
+def test_bad_precision_fails_when_built_not_at_first_use(tiny_gdino):
+    from grounded.runtime import DeviceError
+
+    with pytest.raises(ValueError, match="precision must be one of"):
+        GroundingDINO(model=str(tiny_gdino), precision="fp8")
+    with pytest.raises(DeviceError, match="fp16 is for GPUs"):
+        GroundingDINO(model=str(tiny_gdino), precision="fp16", device="cpu").warm_up()
 
 
 def test_missing_folder_and_offline_hub_give_one_clear_line(monkeypatch, tmp_path):
@@ -211,11 +251,12 @@ def test_missing_folder_and_offline_hub_give_one_clear_line(monkeypatch, tmp_pat
         GroundingDINO(model=str(tmp_path)).warm_up()
     with pytest.raises(ModelSourceError, match="checkpoint file"):
         SAM(model="sam_vit_b_01ec64.pth").warm_up()
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     import huggingface_hub.constants
 
+    import grounded.sources
+
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setattr(grounded.sources, "_in_cache", lambda repo_id: False)  # whatever this machine cached
     with pytest.raises(ModelSourceError) as err:
         GroundingDINO(model="IDEA-Research/grounding-dino-tiny").warm_up()
     message = str(err.value)
@@ -224,3 +265,15 @@ def test_missing_folder_and_offline_hub_give_one_clear_line(monkeypatch, tmp_pat
         and "hf download IDEA-Research/grounding-dino-tiny" in message
     )
     assert "\n" not in message
+
+
+def test_masks_upsampled_in_slices_equal_one_pass(tiny_sam, image_files, monkeypatch):
+    import grounded.adapters.sam as sam_module
+
+    image = load_image(image_files["coffee"])
+    boxes = torch.tensor([[10.0, 20.0, 200.0, 300.0], [300.0, 50.0, 590.0, 390.0], [0.0, 0.0, 600.0, 400.0]])
+    det = Detections(boxes, torch.ones(3), torch.zeros(3, dtype=torch.int64), ("x",), ("x",) * 3, image.size)
+    one_pass = SAM(model=str(tiny_sam)).segment([image], [det])[0]
+    monkeypatch.setattr(sam_module, "_UPSAMPLE_BYTES", 1)  # one mask at a time
+    sliced = SAM(model=str(tiny_sam)).segment([image], [det])[0]
+    assert torch.equal(one_pass.masks, sliced.masks) and one_pass.masks.any()

@@ -280,3 +280,67 @@ def test_help_exits_cleanly(argv, capsys):
         main(argv)
     assert exc.value.code == 0
     assert "usage: grounded" in capsys.readouterr().out
+
+
+def test_skip_existing_resumes_without_redoing_finished_images(
+    tiny_gdino, tiny_sam, image_files, tmp_path, capsys
+):
+    out = tmp_path / "resume"
+    common = [
+        "--prompt",
+        "cat",
+        "--out",
+        str(out),
+        "--detector",
+        str(tiny_gdino),
+        "--segmenter",
+        str(tiny_sam),
+        "-q",
+    ]
+    assert main(["segment", str(image_files["chelsea"]), *common]) == 0
+    finished = {"image": {"file_name": "chelsea.png"}, "marker": 1}
+    (out / "chelsea.json").write_text(json.dumps(finished))  # a finished image: must not be redone
+    (out / "astronaut.json").write_text(json.dumps({"image": {"file_name": "other.jpg"}}))  # another file's
+    capsys.readouterr()
+    both = [str(image_files["chelsea"]), str(image_files["astronaut"])]
+    assert main(["segment", *both, *common, "--skip-existing"]) == 0
+    err = capsys.readouterr().err
+    assert "1 image(s) processed" in err and "1 skipped" in err
+    assert json.loads((out / "chelsea.json").read_text()) == finished
+    assert json.loads((out / "astronaut.json").read_text())["image"]["file_name"] == "astronaut.png"
+    assert main(["segment", str(image_files["chelsea"]), *common, "--skip-existing", "--format", "coco"]) == 2
+
+
+def test_outputs_never_overwrite_inputs(tiny_gdino, tiny_sam, tmp_path, capsys):
+    from skimage import data
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    Image.fromarray(data.chelsea()).save(folder / "chelsea.png")
+    Image.fromarray(data.astronaut()).save(folder / "chelsea_labels.png")
+    args = ["--prompt", "cat", "--detector", str(tiny_gdino), "--segmenter", str(tiny_sam), "-q"]
+    assert main(["segment", str(folder / "chelsea.png"), "--out", str(folder), *args]) == 2
+    assert "would overwrite an input image" in capsys.readouterr().err
+    out = tmp_path / "out"
+    files = [str(folder / "chelsea.png"), str(folder / "chelsea_labels.png")]
+    assert main(["segment", *files, "--out", str(out), *args]) == 0
+    assert (out / "chelsea_labels_1.json").is_file()  # not clobbering chelsea's label image
+    assert np.array(Image.open(out / "chelsea_labels.png")).dtype == np.uint16
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--box-threshold", "1.5"], "box_threshold and text_threshold must lie in [0, 1]"),
+        (["--precision", "fp16", "--device", "cpu"], "fp16 is for GPUs"),
+        (["--top-k", "0"], "top_k and batch_size must be at least 1"),
+    ],
+)
+def test_invalid_options_exit_2_with_one_line(
+    extra, message, tiny_gdino, tiny_sam, image_files, tmp_path, capsys
+):
+    argv = ["segment", str(image_files["chelsea"]), "--prompt", "cat", "--out", str(tmp_path / "o")]
+    argv += ["--detector", str(tiny_gdino), "--segmenter", str(tiny_sam), "-q", *extra]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1

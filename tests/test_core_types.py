@@ -130,3 +130,19 @@ def test_coco_records_use_xywh_and_decodable_rle():
         assert np.array_equal(decode_rle(rec["segmentation"]), mask.numpy())
         assert rec["area"] == int(mask.sum())
     assert "segmentation" not in _dets(with_masks=False).to_coco_records()[0]
+
+
+def test_reverse_slices_and_bool_scalars():
+    d = _dets()
+    assert d[::-1].phrases == ("dog", "car", "dog") and d[::-1].scores.tolist() == pytest.approx(
+        [0.7, 0.9, 0.5]
+    )
+    assert d[::2].scores.tolist() == pytest.approx([0.5, 0.7])
+    with pytest.raises(IndexError, match="boolean array"):
+        d[True]
+
+
+def test_supervision_round_trip_keeps_the_class_vocabulary():
+    d = _dets()[1:2]  # only "red car" detected; "dog" must survive the round trip
+    back = Detections.from_supervision(d.to_supervision(), image_size=(20, 30))
+    assert back.classes == ("dog", "red car") and back.class_ids.tolist() == [1]

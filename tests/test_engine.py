@@ -230,3 +230,29 @@ def test_third_party_adapters_register_through_entry_points(monkeypatch):
         lambda group: [FakeEntryPoint()] if group == "grounded.adapters" else [],
     )
     assert get_adapter("plugin_upper") is Upper
+
+
+def test_a_broken_plugin_does_not_break_the_builtins(monkeypatch, caplog):
+    class NotAnAdapter:
+        pass
+
+    class BadEntryPoint:
+        name = "bad_plugin"
+        value = "plugin:NotAnAdapter"
+
+        def load(self):
+            return NotAnAdapter
+
+    available_adapters()
+    monkeypatch.setattr(registry_module, "_REGISTRY", dict(registry_module._REGISTRY))
+    monkeypatch.setattr(registry_module, "_loaded_entry_points", False)
+    monkeypatch.setattr(registry_module, "entry_points", lambda group: [BadEntryPoint()])
+    names = available_adapters()
+    assert "sam" in names and "bad_plugin" not in names
+    assert "could not load grounded adapter 'bad_plugin'" in caplog.text
+
+
+def test_a_missing_pipeline_path_never_falls_back_to_a_bundled_one(tmp_path):
+    with pytest.raises(PipelineError, match="no pipeline file"):
+        load_pipeline(tmp_path / "configs" / "grounded_sam.yaml")
+    assert load_pipeline("pipelines/grounded_sam.yaml") == load_pipeline("grounded_sam")

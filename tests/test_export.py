@@ -214,18 +214,19 @@ def test_write_image_results(coffee: LoadedImage, tmp_path: Path) -> None:
 
     paths = write_image_results(out_dir, "coffee_1", coffee, det)
 
-    assert [p.name for p in paths] == ["coffee_1.json", "coffee_1.png", "coffee_1_labels.png"]
+    # the JSON is written last: its presence marks the image as complete
+    assert [p.name for p in paths] == ["coffee_1.png", "coffee_1_labels.png", "coffee_1.json"]
     assert sorted(os.listdir(out_dir)) == sorted(p.name for p in paths)
-    assert json.loads(paths[0].read_text()) == json.loads(json.dumps(image_json(coffee, det)))
-    with Image.open(paths[1]) as overlay:
+    assert json.loads(paths[2].read_text()) == json.loads(json.dumps(image_json(coffee, det)))
+    with Image.open(paths[0]) as overlay:
         np.testing.assert_array_equal(np.asarray(overlay), overlay_image(coffee, det))
-    with Image.open(paths[2]) as labels:
+    with Image.open(paths[1]) as labels:
         np.testing.assert_array_equal(np.asarray(labels), label_image(det))
 
     boxes_only = _detections(None, [0.5], [0], ("cup",), coffee.size, [[10, 10, 50, 50]])
     assert [p.name for p in write_image_results(out_dir, "boxes", coffee, boxes_only)] == [
-        "boxes.json",
         "boxes.png",
+        "boxes.json",
     ]
     with pytest.raises(ValueError, match="name"):
         write_image_results(out_dir, "../escape", coffee, det)

@@ -127,3 +127,13 @@ def test_matched_phrase_is_the_exact_span_above_text_threshold():
     assert matched_phrase(caption, offsets, probs, pos[1], 0.25) == "man's left shoe"
     # nothing above the threshold: the whole class
     assert matched_phrase(caption, offsets, torch.zeros(11), pos[1], 0.25) == "the man's left shoe"
+
+
+def test_class_names_cannot_contain_the_separator():
+    with pytest.raises(PromptError, match="contains '.'"):
+        Prompt.of(["st. bernard"])
+
+
+def test_a_class_without_readable_tokens_is_a_prompt_error():
+    with pytest.raises(PromptError, match="own no tokens"):
+        positive_map([(0, 0), (0, 3), (0, 0)], [(0, 3), (6, 7)])

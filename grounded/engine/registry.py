@@ -64,11 +64,9 @@ def _load_entry_points() -> None:
         if ep.name in _REGISTRY:
             continue
         try:
-            cls = ep.load()
+            register_adapter(ep.name)(ep.load())
         except Exception as exc:  # a broken plug-in must not break the built-ins
             _log.warning("could not load grounded adapter %r from %s: %s", ep.name, ep.value, exc)
-            continue
-        register_adapter(ep.name)(cls)
 
 
 def get_adapter(name: str) -> type[Adapter]:

@@ -76,7 +76,7 @@ def pipeline_from_dict(
         params.update(overrides.get(node, {}))
         try:
             adapter = cls(**params)
-        except TypeError as exc:
+        except (TypeError, ValueError) as exc:  # unknown or invalid parameters
             raise PipelineError(f"node {node!r} ({node_spec['type']}): {exc}") from None
         pipeline.add(str(node), adapter)
     for edge in spec.get("edges") or []:
@@ -97,7 +97,9 @@ def read_pipeline_spec(path_or_name: str | Path) -> dict[str, Any]:
     path = Path(path_or_name)
     if not path.is_file():
         bundled = builtin_pipelines()
-        key = path.stem if path.suffix in (".yaml", ".yml") else str(path_or_name)
+        # a bare name, NAME.yaml or pipelines/NAME.yaml may mean a bundled pipeline; any other path must exist
+        plain = path.suffix in ("", ".yaml", ".yml") and str(path.parent) in (".", "pipelines")
+        key = path.stem if plain else None
         if key not in bundled:
             raise PipelineError(
                 f"no pipeline file {str(path_or_name)!r} and no bundled pipeline of that name; "
