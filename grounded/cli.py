@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["main"]
+__all__ = ["COMMAND_MODULES", "CliError", "main"]
 
 EXIT_OK, EXIT_IMAGE_ERRORS, EXIT_USAGE = 0, 1, 2
+
+#: Modules that add further subcommands. Each defines ``add_parser(subparsers) -> None`` and sets
+#: ``handler=<function(args) -> int>`` as a parser default; errors it raises as :class:`CliError` (or the
+#: library's own error types) are printed as one line with exit code 2.
+COMMAND_MODULES: list[str] = []
 
 
 class CliError(Exception):
@@ -122,6 +128,8 @@ def _build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--small", action="store_true", help="tiny models (a smoke run of the benchmark itself)"
     )
+    for module in COMMAND_MODULES:
+        importlib.import_module(module).add_parser(sub)
     return parser
 
 
@@ -347,6 +355,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from grounded.sources import ModelSourceError
 
     try:
+        handler = getattr(args, "handler", None)
+        if handler is not None:
+            return int(handler(args))
         if args.command == "adapters":
             return _list_adapters()
         if args.command == "demo":
