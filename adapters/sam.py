@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -48,6 +49,7 @@ class SAM(Adapter):
         mask_threshold: logit threshold for binarising masks.
         batch_size: images per vision-encoder pass.
         max_boxes_per_call: boxes per decoder call.
+        cache_size: image embeddings kept, keyed on image content (0 disables the cache).
         device, precision: as for the detector.
     """
 
@@ -62,11 +64,12 @@ class SAM(Adapter):
         mask_threshold: float = 0.0,
         batch_size: int = 2,
         max_boxes_per_call: int = 64,
+        cache_size: int = 8,
         device: str = "auto",
         precision: str = "fp32",
     ) -> None:
-        if batch_size < 1 or max_boxes_per_call < 1:
-            raise ValueError("batch_size and max_boxes_per_call must be at least 1")
+        if batch_size < 1 or max_boxes_per_call < 1 or cache_size < 0:
+            raise ValueError("batch_size and max_boxes_per_call must be at least 1, cache_size at least 0")
         check_precision(precision)
         super().__init__(
             model=str(model),
@@ -75,6 +78,7 @@ class SAM(Adapter):
             mask_threshold=mask_threshold,
             batch_size=batch_size,
             max_boxes_per_call=max_boxes_per_call,
+            cache_size=cache_size,
             device=device,
             precision=precision,
         )
@@ -83,6 +87,8 @@ class SAM(Adapter):
         self.mask_threshold = mask_threshold
         self.batch_size = batch_size
         self.max_boxes_per_call = max_boxes_per_call
+        self.cache_size = cache_size
+        self._cache: OrderedDict[str, ImageEmbedding] = OrderedDict()
         self.precision = precision
         self._device_name = device
         self._model: Any = None
@@ -121,28 +127,43 @@ class SAM(Adapter):
     # ------------------------------------------------------------------ encoder
     @torch.inference_mode()
     def encode(self, images: Sequence[LoadedImage]) -> list[ImageEmbedding]:
-        """Run the vision encoder on the images, ``batch_size`` at a time."""
+        """Vision-encoder embeddings of the images, ``batch_size`` at a time.
+
+        Embeddings are cached by image content (:attr:`LoadedImage.key`), least recently used first out, at
+        most ``cache_size`` of them: a new prompt on the same image does not re-encode it.
+        """
         self.warm_up()
-        out: list[ImageEmbedding] = []
-        for start in range(0, len(images), self.batch_size):
-            batch = images[start : start + self.batch_size]
-            inputs = self._processor.image_processor(
-                [im.pixels for im in batch], return_tensors="pt", input_data_format="channels_last"
+        found = {im.key: self._cache[im.key] for im in images if im.key in self._cache}
+        missing = list({im.key: im for im in images if im.key not in found}.values())
+        for start in range(0, len(missing), self.batch_size):
+            batch = missing[start : start + self.batch_size]
+            for image, embedding in zip(batch, self._encode_batch(batch), strict=True):
+                found[image.key] = embedding
+        for key in dict.fromkeys(im.key for im in images):
+            self._cache[key] = found[key]
+            self._cache.move_to_end(key)
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+        return [found[im.key] for im in images]
+
+    @torch.inference_mode()
+    def _encode_batch(self, batch: Sequence[LoadedImage]) -> list[ImageEmbedding]:
+        inputs = self._processor.image_processor(
+            [im.pixels for im in batch], return_tensors="pt", input_data_format="channels_last"
+        )
+        pixel_values = inputs["pixel_values"].to(self.device)
+        with autocast(self.device, self.precision):
+            encoded = self._model.get_image_embeddings(pixel_values)
+        embeddings, intermediate = encoded if self.is_hq else (encoded, ())
+        return [
+            ImageEmbedding(
+                embedding=embeddings[b : b + 1],
+                intermediate=tuple(t[b : b + 1] for t in intermediate),
+                original_size=tuple(int(v) for v in inputs["original_sizes"][b]),  # type: ignore[arg-type]
+                reshaped_size=tuple(int(v) for v in inputs["reshaped_input_sizes"][b]),  # type: ignore[arg-type]
             )
-            pixel_values = inputs["pixel_values"].to(self.device)
-            with autocast(self.device, self.precision):
-                encoded = self._model.get_image_embeddings(pixel_values)
-            embeddings, intermediate = encoded if self.is_hq else (encoded, ())
-            for b in range(len(batch)):
-                out.append(
-                    ImageEmbedding(
-                        embedding=embeddings[b : b + 1],
-                        intermediate=tuple(t[b : b + 1] for t in intermediate),
-                        original_size=tuple(int(v) for v in inputs["original_sizes"][b]),  # type: ignore[arg-type]
-                        reshaped_size=tuple(int(v) for v in inputs["reshaped_input_sizes"][b]),  # type: ignore[arg-type]
-                    )
-                )
-        return out
+            for b in range(len(batch))
+        ]
 
     # ------------------------------------------------------------------ decoder
     @torch.inference_mode()

@@ -277,3 +277,29 @@ def test_masks_upsampled_in_slices_equal_one_pass(tiny_sam, image_files, monkeyp
     monkeypatch.setattr(sam_module, "_UPSAMPLE_BYTES", 1)  # one mask at a time
     sliced = SAM(model=str(tiny_sam)).segment([image], [det])[0]
     assert torch.equal(one_pass.masks, sliced.masks) and one_pass.masks.any()
+
+
+def test_image_embeddings_are_cached_by_content(tiny_sam, image_files):
+    from grounded.images import LoadedImage
+
+    sam = SAM(model=str(tiny_sam), cache_size=2)
+    sam.warm_up()
+    encoded = []
+    original = sam._model.get_image_embeddings
+    sam._model.get_image_embeddings = lambda pv: encoded.append(pv.shape[0]) or original(pv)
+    coffee = load_image(image_files["coffee"])
+    same_pixels = LoadedImage(coffee.pixels.copy(), name="renamed")
+    changed = coffee.pixels.copy()
+    changed[0, 0, 0] ^= 1  # one pixel differs: must never hit the cached embedding
+    other = LoadedImage(changed, name="coffee")
+    first = sam.encode([coffee])[0]
+    again = sam.encode([same_pixels])[0]
+    assert encoded == [1] and again is first  # new name, same content: cached
+    fresh = sam.encode([other])[0]
+    assert encoded == [1, 1] and fresh is not first
+    sam.encode([load_image(image_files["chelsea"])])  # cache_size 2: coffee (least recent) is evicted
+    sam.encode([coffee])
+    assert encoded == [1, 1, 1, 1]
+    uncached = SAM(model=str(tiny_sam), cache_size=0)
+    uncached.encode([coffee])
+    assert len(uncached._cache) == 0
