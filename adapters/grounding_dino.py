@@ -60,6 +60,8 @@ class GroundingDINO(Adapter):
         nms_threshold: IoU for class-aware NMS; ``None`` disables NMS.
         multi_label: score every (query, class) pair instead of each query's best class only.
         class_reduction: ``"max"`` or ``"mean"`` over a class's tokens.
+        clip_boxes: clip boxes to the image. ``False`` keeps the model's boxes as predicted (they may reach a
+            little past the border), as Grounding DINO's own evaluation post-processing does.
         batch_size: images per forward pass.
         pad_batches: batch images of different sizes together, padded to a common size (more throughput on
             mixed sizes; padding changes the features slightly). By default only images of the same
@@ -79,6 +81,7 @@ class GroundingDINO(Adapter):
         nms_threshold: float | None = 0.8,
         multi_label: bool = False,
         class_reduction: Reduction = "max",
+        clip_boxes: bool = True,
         batch_size: int = 4,
         pad_batches: bool = False,
         device: str = "auto",
@@ -99,6 +102,7 @@ class GroundingDINO(Adapter):
             nms_threshold=nms_threshold,
             multi_label=multi_label,
             class_reduction=class_reduction,
+            clip_boxes=clip_boxes,
             batch_size=batch_size,
             pad_batches=pad_batches,
             device=device,
@@ -110,6 +114,7 @@ class GroundingDINO(Adapter):
         self.nms_threshold = nms_threshold
         self.multi_label = multi_label
         self.class_reduction: Reduction = class_reduction
+        self.clip_boxes = clip_boxes
         self.batch_size = batch_size
         self.pad_batches = pad_batches
         self.precision = precision
@@ -223,7 +228,9 @@ class GroundingDINO(Adapter):
     def _finish(
         self, image: LoadedImage, prompt: Prompt, texts: Sequence[_EncodedCaption], cands: _Candidates
     ) -> Detections:
-        boxes = clip_xyxy(normalized_to_pixels(torch.cat(cands.boxes), image.size), image.size)
+        boxes = normalized_to_pixels(torch.cat(cands.boxes), image.size)
+        if self.clip_boxes:
+            boxes = clip_xyxy(boxes, image.size)
         scores = torch.cat(cands.scores)
         class_ids = torch.cat(cands.class_ids).long()
         if self.nms_threshold is not None and len(scores):

@@ -16,7 +16,7 @@ from grounded.images import LoadedImage
 from grounded.runtime import autocast, check_precision, pick_device
 from grounded.sources import ModelSourceError, load_from_source
 
-__all__ = ["SAM", "SAMHQ", "ImageEmbedding"]
+__all__ = ["SAM", "SAM2", "SAMHQ", "ImageEmbedding"]
 
 _log = logging.getLogger(__name__)
 
@@ -55,6 +55,7 @@ class SAM(Adapter):
 
     outputs: ClassVar[dict[str, Any]] = {"detections": list[Detections]}
     expects_hq: ClassVar[bool] = False
+    model_types: ClassVar[tuple[str, ...]] = ("sam", "sam_hq")
 
     def __init__(
         self,
@@ -102,9 +103,10 @@ class SAM(Adapter):
         source = self._params["model"]
         device = pick_device(self._device_name, self.precision)
         config = load_from_source(AutoConfig.from_pretrained, source, "segmenter")
-        if config.model_type not in ("sam", "sam_hq"):
+        if config.model_type not in self.model_types:
             raise ModelSourceError(
-                f"segmenter {source!r} is a {config.model_type!r} model, not SAM or HQ-SAM"
+                f"segmenter {source!r} is a {config.model_type!r} model; "
+                f"the {self.registry_name} adapter takes {' or '.join(self.model_types)}"
             )
         if self.expects_hq and config.model_type != "sam_hq":
             raise ModelSourceError(
@@ -155,7 +157,7 @@ class SAM(Adapter):
         with autocast(self.device, self.precision):
             encoded = self._model.get_image_embeddings(pixel_values)
         embeddings, intermediate = encoded if self.is_hq else (encoded, ())
-        return [
+        return [  # SAM pads to a square: the boxes are scaled to the resized, unpadded image
             ImageEmbedding(
                 embedding=embeddings[b : b + 1],
                 intermediate=tuple(t[b : b + 1] for t in intermediate),
@@ -182,18 +184,11 @@ class SAM(Adapter):
         masks_out, scores_out = [], []
         for start in range(0, len(prompts), self.max_boxes_per_call):
             group = prompts[start : start + self.max_boxes_per_call]
-            kwargs: dict[str, Any] = {}
-            if self.is_hq:
-                kwargs = {
-                    "hq_token_only": self.hq_token_only,
-                    "intermediate_embeddings": list(embedding.intermediate),
-                }
             with autocast(self.device, self.precision):
                 out = self._model(
-                    image_embeddings=embedding.embedding,
                     input_boxes=group[None],
                     multimask_output=self.multimask_output,
-                    **kwargs,
+                    **self._decoder_inputs(embedding),
                 )
             low_res, iou = out.pred_masks[0].float(), out.iou_scores[0].float()  # (n, m, h, w), (n, m)
             best = iou.argmax(dim=-1)
@@ -203,19 +198,33 @@ class SAM(Adapter):
             scores_out.append(iou)
         return torch.cat(masks_out), torch.cat(scores_out)
 
+    def _decoder_inputs(self, embedding: ImageEmbedding) -> dict[str, Any]:
+        """The image side of a mask-decoder call."""
+        if self.is_hq:
+            return {
+                "image_embeddings": embedding.embedding,
+                "hq_token_only": self.hq_token_only,
+                "intermediate_embeddings": list(embedding.intermediate),
+            }
+        return {"image_embeddings": embedding.embedding}
+
+    def _post_process(self, low_res: torch.Tensor, embedding: ImageEmbedding) -> torch.Tensor:
+        """The processor's upsampling of ``(n, 1, h, w)`` logits to ``(n, 1, H, W)`` bool masks."""
+        post = self._processor.image_processor.post_process_masks
+        return post(
+            [low_res],
+            [embedding.original_size],
+            [embedding.reshaped_size],
+            mask_threshold=self.mask_threshold,
+        )[0]
+
     def _upsample(self, low_res: torch.Tensor, embedding: ImageEmbedding) -> torch.Tensor:
         """Low-res logits ``(n, 1, h, w)`` → bool masks ``(n, H, W)``, a few at a time to bound float memory."""
         height, width = embedding.original_size
         step = max(1, _UPSAMPLE_BYTES // (4 * max(height * width, 1024 * 1024)))
-        post = self._processor.image_processor.post_process_masks
         return torch.cat(
             [
-                post(
-                    [low_res[i : i + step]],
-                    [embedding.original_size],
-                    [embedding.reshaped_size],
-                    mask_threshold=self.mask_threshold,
-                )[0][:, 0].to(self.device)
+                self._post_process(low_res[i : i + step], embedding)[:, 0].to(self.device)
                 for i in range(0, len(low_res), step)
             ]
         )
@@ -258,3 +267,50 @@ class SAMHQ(SAM):
 
     def __init__(self, model: str = "syscv-community/sam-hq-vit-base", **kwargs: Any) -> None:
         super().__init__(model=model, **kwargs)
+
+
+@register_adapter("sam2")
+class SAM2(SAM):
+    """SAM 2 / 2.1 image predictor (``Sam2Model``): boxes → masks, behind the same ports as :class:`SAM`.
+
+    SAM 2 resizes the image to a square (no padding) and decodes from its multi-scale features; boxes are
+    scaled per axis to that square and masks upsampled back by ``Sam2ImageProcessor.post_process_masks``.
+    """
+
+    model_types: ClassVar[tuple[str, ...]] = ("sam2",)
+
+    def __init__(self, model: str = "facebook/sam2.1-hiera-tiny", **kwargs: Any) -> None:
+        if kwargs.get("hq_token_only"):
+            raise ValueError("hq_token_only is for HQ-SAM; SAM 2 has no HQ token")
+        super().__init__(model=model, **kwargs)
+
+    @property
+    def is_hq(self) -> bool:
+        return False
+
+    @torch.inference_mode()
+    def _encode_batch(self, batch: Sequence[LoadedImage]) -> list[ImageEmbedding]:
+        processor = self._processor.image_processor
+        inputs = processor(
+            [im.pixels for im in batch], return_tensors="pt", input_data_format="channels_last"
+        )
+        pixel_values = inputs["pixel_values"].to(self.device)
+        with autocast(self.device, self.precision):
+            levels = self._model.get_image_embeddings(pixel_values)  # fine to coarse feature maps
+        square = (int(pixel_values.shape[-2]), int(pixel_values.shape[-1]))
+        return [
+            ImageEmbedding(
+                embedding=levels[-1][b : b + 1],
+                intermediate=tuple(level[b : b + 1] for level in levels),
+                original_size=tuple(int(v) for v in inputs["original_sizes"][b]),  # type: ignore[arg-type]
+                reshaped_size=square,
+            )
+            for b in range(len(batch))
+        ]
+
+    def _decoder_inputs(self, embedding: ImageEmbedding) -> dict[str, Any]:
+        return {"image_embeddings": list(embedding.intermediate)}
+
+    def _post_process(self, low_res: torch.Tensor, embedding: ImageEmbedding) -> torch.Tensor:
+        post = self._processor.image_processor.post_process_masks
+        return post([low_res], [embedding.original_size], mask_threshold=self.mask_threshold)[0]

@@ -253,3 +253,56 @@ def make_sam(path: str | Path, size: str = "tiny", hq: bool = False, seed: int =
     model.save_pretrained(path)
     (SamHQProcessor if hq else SamProcessor)(image_processor=image_processor).save_pretrained(path)
     return path
+
+
+# ---------------------------------------------------------------------------- SAM 2
+def sam2_config(size: str = "tiny") -> Any:
+    """``"tiny"`` (test, sized like transformers' ``Sam2ModelTester``) or ``"hiera-t"`` (SAM 2.1 Hiera-tiny)."""
+    from transformers import (
+        Sam2Config,
+        Sam2HieraDetConfig,
+        Sam2MaskDecoderConfig,
+        Sam2PromptEncoderConfig,
+        Sam2VisionConfig,
+    )
+
+    if size == "hiera-t":
+        return Sam2Config()
+    if size != "tiny":
+        raise ValueError(f"unknown SAM 2 size {size!r}; use 'tiny' or 'hiera-t'")
+    backbone = Sam2HieraDetConfig(
+        hidden_size=12,
+        image_size=128,
+        patch_stride=4,
+        patch_kernel_size=7,
+        patch_padding=3,
+        blocks_per_stage=[1, 2, 7, 2],
+        embed_dim_per_stage=[12, 24, 48, 96],
+    )
+    vision = Sam2VisionConfig(
+        backbone_config=backbone,
+        backbone_channel_list=[96, 48, 24, 12],
+        backbone_feature_sizes=[[32, 32], [16, 16], [8, 8]],
+        fpn_hidden_size=32,
+    )
+    prompt = Sam2PromptEncoderConfig(image_size=128, patch_size=16, mask_input_channels=8, hidden_size=32)
+    decoder = Sam2MaskDecoderConfig(hidden_size=32, mlp_dim=64, num_attention_heads=4, iou_head_hidden_dim=32)
+    return Sam2Config(vision_config=vision, prompt_encoder_config=prompt, mask_decoder_config=decoder)
+
+
+def make_sam2(path: str | Path, size: str = "tiny", seed: int = 0) -> Path:
+    """Save a random-weight SAM 2 with its processor to ``path`` (``save_pretrained`` format)."""
+    from transformers import Sam2ImageProcessor, Sam2Model, Sam2Processor
+
+    torch.manual_seed(seed)
+    model = Sam2Model(sam2_config(size)).eval()
+    if size == "tiny":
+        image_processor = Sam2ImageProcessor(
+            size={"height": 128, "width": 128}, mask_size={"height": 32, "width": 32}
+        )
+    else:
+        image_processor = Sam2ImageProcessor()
+    path = Path(path)
+    model.save_pretrained(path)
+    Sam2Processor(image_processor=image_processor).save_pretrained(path)
+    return path

@@ -48,3 +48,10 @@ def image_files(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def astronaut() -> np.ndarray:
     return data.astronaut()
+
+
+@pytest.fixture(scope="session")
+def tiny_sam2(models_dir) -> Path:
+    from grounded.testing import make_sam2
+
+    return make_sam2(models_dir / "sam2", size="tiny", seed=0)
