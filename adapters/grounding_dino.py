@@ -18,9 +18,9 @@ from grounded.images import LoadedImage
 from grounded.phrases import Reduction, class_scores, matched_phrase, positive_map
 from grounded.prompts import Caption, Prompt, PromptError, build_caption, chunk_classes
 from grounded.runtime import autocast, check_precision, pick_device
-from grounded.sources import load_from_source
+from grounded.sources import ModelSourceError, load_from_source
 
-__all__ = ["GroundingDINO"]
+__all__ = ["GroundingDINO", "MMGroundingDINO"]
 
 
 @dataclass(frozen=True)
@@ -71,6 +71,7 @@ class GroundingDINO(Adapter):
     """
 
     outputs: ClassVar[dict[str, Any]] = {"detections": list[Detections]}
+    model_types: ClassVar[tuple[str, ...]] = ("grounding-dino", "mm-grounding-dino")
 
     def __init__(
         self,
@@ -127,10 +128,16 @@ class GroundingDINO(Adapter):
     def warm_up(self) -> None:
         if self._model is not None:
             return
-        from transformers import AutoModelForZeroShotObjectDetection, AutoProcessor
+        from transformers import AutoConfig, AutoModelForZeroShotObjectDetection, AutoProcessor
 
         source = self._params["model"]
         device = pick_device(self._device_name, self.precision)
+        config = load_from_source(AutoConfig.from_pretrained, source, "detector")
+        if config.model_type not in self.model_types:
+            raise ModelSourceError(
+                f"detector {source!r} is a {config.model_type!r} model; "
+                f"the {self.registry_name} adapter takes {' or '.join(self.model_types)}"
+            )
         processor = load_from_source(AutoProcessor.from_pretrained, source, "detector")
         model = load_from_source(AutoModelForZeroShotObjectDetection.from_pretrained, source, "detector")
         self.device = device
@@ -309,3 +316,13 @@ class GroundingDINO(Adapter):
             return {"detections": out}
         # a str, a list of class names or a Prompt: one prompt for every image
         return {"detections": self.detect(images, cast("Prompt | str | Sequence[str]", prompt))}
+
+
+@register_adapter("mm_grounding_dino")
+class MMGroundingDINO(GroundingDINO):
+    """MM-Grounding-DINO (and LLMDet checkpoints, which load as it): the same adapter with its default model."""
+
+    def __init__(
+        self, model: str = "openmmlab-community/mm_grounding_dino_tiny_o365v1_goldg_v3det", **kwargs: Any
+    ) -> None:
+        super().__init__(model=model, **kwargs)

@@ -156,17 +156,27 @@ def grounding_dino_config(size: str = "tiny") -> Any:
     )
 
 
-def make_grounding_dino(path: str | Path, size: str = "tiny", seed: int = 0) -> Path:
-    """Save a random-weight Grounding DINO with its processor to ``path`` (``save_pretrained`` format)."""
+def make_grounding_dino(path: str | Path, size: str = "tiny", seed: int = 0, mm: bool = False) -> Path:
+    """Save a random-weight Grounding DINO with its processor to ``path`` (``save_pretrained`` format).
+
+    ``mm=True`` saves the same architecture as MM-Grounding-DINO (``model_type`` ``mm-grounding-dino``, the
+    class LLMDet checkpoints load as too).
+    """
     from transformers import (
-        GroundingDinoForObjectDetection,
+        AutoModelForZeroShotObjectDetection,
         GroundingDinoImageProcessor,
         GroundingDinoProcessor,
+        MMGroundingDinoConfig,
     )
 
     torch.manual_seed(seed)
     config = grounding_dino_config(size)
-    model = GroundingDinoForObjectDetection(config).eval()
+    if mm:
+        fields = {
+            k: v for k, v in config.to_dict().items() if k not in ("model_type", "transformers_version")
+        }
+        config = MMGroundingDinoConfig(**fields)
+    model = AutoModelForZeroShotObjectDetection.from_config(config).eval()
     if size == "tiny":
         image_processor = GroundingDinoImageProcessor(size={"shortest_edge": 128, "longest_edge": 200})
         tokenizer = _tokenizer(None)

@@ -55,3 +55,8 @@ def tiny_sam2(models_dir) -> Path:
     from grounded.testing import make_sam2
 
     return make_sam2(models_dir / "sam2", size="tiny", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_mm_gdino(models_dir) -> Path:
+    return make_grounding_dino(models_dir / "mm-grounding-dino", size="tiny", seed=0, mm=True)
