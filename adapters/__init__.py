@@ -1,6 +1,9 @@
 """Built-in adapters (importable as ``grounded.adapters``); importing this package registers them."""
 
 from grounded.adapters.grounding_dino import GroundingDINO, MMGroundingDINO
+from grounded.adapters.inpaint import StableDiffusionInpaint  # noqa: F401  (registers sd_inpaint)
+from grounded.adapters.mask_ops import MaskOps  # noqa: F401  (registers mask_ops)
+from grounded.adapters.owlv2 import OWLv2
 from grounded.adapters.sam import SAM, SAM2, SAMHQ
 
-__all__ = ["SAM", "SAM2", "SAMHQ", "GroundingDINO", "MMGroundingDINO"]
+__all__ = ["SAM", "SAM2", "SAMHQ", "GroundingDINO", "MMGroundingDINO", "OWLv2"]

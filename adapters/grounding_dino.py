@@ -6,14 +6,15 @@ import bisect
 import itertools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, cast
+from typing import Any, ClassVar
 
 import torch
 from torchvision.ops import batched_nms
 
+from grounded.adapters.common import PromptedDetector
 from grounded.boxes import clip_xyxy, cxcywh_to_xyxy, normalized_to_pixels
 from grounded.detections import Detections
-from grounded.engine import Adapter, register_adapter
+from grounded.engine import register_adapter
 from grounded.images import LoadedImage
 from grounded.phrases import Reduction, class_scores, matched_phrase, positive_map
 from grounded.prompts import Caption, Prompt, PromptError, build_caption, chunk_classes
@@ -45,7 +46,7 @@ class _Candidates:
 
 
 @register_adapter("grounding_dino")
-class GroundingDINO(Adapter):
+class GroundingDINO(PromptedDetector):
     """Text → boxes with Grounding DINO.
 
     Each detection's class comes from the positive map of the prompt's classes (the tokens inside each class's
@@ -70,7 +71,6 @@ class GroundingDINO(Adapter):
         precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` (autocast).
     """
 
-    outputs: ClassVar[dict[str, Any]] = {"detections": list[Detections]}
     model_types: ClassVar[tuple[str, ...]] = ("grounding-dino", "mm-grounding-dino")
 
     def __init__(
@@ -300,22 +300,6 @@ class GroundingDINO(Adapter):
                 idxs = members[start : start + self.batch_size]
                 pixels = [images[i].pixels for i in idxs]
                 yield idxs, dict(processor(pixels, return_tensors="pt", input_data_format="channels_last"))
-
-    def run(self, images: list[LoadedImage], prompt: Prompt | list[Prompt]) -> dict[str, Any]:
-        """Port entry: one prompt for all images, or a list of one :class:`Prompt` per image."""
-        if isinstance(prompt, list) and prompt and all(isinstance(p, Prompt) for p in prompt):
-            if len(prompt) != len(images):
-                raise ValueError(f"got {len(prompt)} prompts for {len(images)} images")
-            groups: dict[tuple[str, ...], list[int]] = {}
-            for i, p in enumerate(prompt):
-                groups.setdefault(p.classes, []).append(i)
-            out: list[Detections | None] = [None] * len(images)
-            for classes, idxs in groups.items():
-                for i, det in zip(idxs, self.detect([images[i] for i in idxs], Prompt(classes)), strict=True):
-                    out[i] = det
-            return {"detections": out}
-        # a str, a list of class names or a Prompt: one prompt for every image
-        return {"detections": self.detect(images, cast("Prompt | str | Sequence[str]", prompt))}
 
 
 @register_adapter("mm_grounding_dino")

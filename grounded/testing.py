@@ -316,3 +316,65 @@ def make_sam2(path: str | Path, size: str = "tiny", seed: int = 0) -> Path:
     model.save_pretrained(path)
     Sam2Processor(image_processor=image_processor).save_pretrained(path)
     return path
+
+
+# ---------------------------------------------------------------------------- CLIP tokenizer, OWLv2
+def clip_tokenizer(max_length: int = 16) -> Any:
+    """A CLIP byte-level BPE tokenizer built offline: every byte is a token (with and without ``</w>``).
+
+    No merges, so words tokenise into characters: any text works, sequences are longer than with the real
+    49408-token vocabulary.
+    """
+    from transformers import CLIPTokenizer
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    symbols = list(bytes_to_unicode().values())
+    # the special tokens come last, as in CLIP's vocabulary (OWL masks out queries whose first id is 0)
+    tokens = [*symbols, *(s + "</w>" for s in symbols), "<|startoftext|>", "<|endoftext|>"]
+    return CLIPTokenizer(vocab={t: i for i, t in enumerate(tokens)}, merges=[], model_max_length=max_length)
+
+
+def owlv2_config(size: str = "tiny") -> Any:
+    """``"tiny"`` (test) or ``"base-16"`` (OWLv2 ViT-B/16)."""
+    from transformers import Owlv2Config
+
+    if size == "base-16":
+        return Owlv2Config()
+    if size != "tiny":
+        raise ValueError(f"unknown OWLv2 size {size!r}; use 'tiny' or 'base-16'")
+    vocab_size = len(clip_tokenizer())
+    text = {
+        "vocab_size": vocab_size,
+        "hidden_size": 32,
+        "intermediate_size": 37,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "max_position_embeddings": 16,
+        "bos_token_id": vocab_size - 2,
+        "eos_token_id": vocab_size - 1,
+        "pad_token_id": vocab_size - 1,
+    }
+    vision = {
+        "hidden_size": 32,
+        "intermediate_size": 37,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "image_size": 64,
+        "patch_size": 16,
+    }
+    return Owlv2Config(text_config=text, vision_config=vision, projection_dim=32)
+
+
+def make_owlv2(path: str | Path, size: str = "tiny", seed: int = 0) -> Path:
+    """Save a random-weight OWLv2 detector with its processor to ``path`` (``save_pretrained`` format)."""
+    from transformers import Owlv2ForObjectDetection, Owlv2ImageProcessor, Owlv2Processor
+
+    torch.manual_seed(seed)
+    model = Owlv2ForObjectDetection(owlv2_config(size)).eval()
+    image_processor = (
+        Owlv2ImageProcessor(size={"height": 64, "width": 64}) if size == "tiny" else Owlv2ImageProcessor()
+    )
+    path = Path(path)
+    model.save_pretrained(path)
+    Owlv2Processor(image_processor=image_processor, tokenizer=clip_tokenizer()).save_pretrained(path)
+    return path

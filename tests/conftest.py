@@ -60,3 +60,10 @@ def tiny_sam2(models_dir) -> Path:
 @pytest.fixture(scope="session")
 def tiny_mm_gdino(models_dir) -> Path:
     return make_grounding_dino(models_dir / "mm-grounding-dino", size="tiny", seed=0, mm=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_owlv2(models_dir) -> Path:
+    from grounded.testing import make_owlv2
+
+    return make_owlv2(models_dir / "owlv2", size="tiny", seed=0)

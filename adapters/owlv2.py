@@ -1,0 +1,137 @@
+"""OWLv2 open-vocabulary detector on ``transformers`` (``Owlv2ForObjectDetection``): one text query per class."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import torch
+from torchvision.ops import batched_nms
+
+from grounded.adapters.common import PromptedDetector
+from grounded.boxes import clip_xyxy
+from grounded.detections import Detections
+from grounded.engine import register_adapter
+from grounded.images import LoadedImage
+from grounded.prompts import Prompt, PromptError
+from grounded.runtime import autocast, check_precision, pick_device
+from grounded.sources import ModelSourceError, load_from_source
+
+__all__ = ["OWLv2"]
+
+
+@register_adapter("owlv2")
+class OWLv2(PromptedDetector):
+    """Text → boxes with OWLv2: each prompt class is one query, so a detection's class is its query's index.
+
+    The processor pads every image to a square and resizes it to the model's size, so all images batch
+    together; ``post_process_grounded_object_detection`` maps the boxes back to the original image.
+
+    Args:
+        model: hub id or local transformers-format folder.
+        box_threshold: keep boxes whose best class score exceeds this.
+        top_k: at most this many detections per image (after NMS).
+        nms_threshold: IoU for class-aware NMS; ``None`` disables it.
+        batch_size, device, precision: as for Grounding DINO.
+    """
+
+    model_types: ClassVar[tuple[str, ...]] = ("owlv2",)
+
+    def __init__(
+        self,
+        model: str = "google/owlv2-base-patch16-ensemble",
+        box_threshold: float = 0.1,
+        top_k: int = 100,
+        nms_threshold: float | None = 0.3,
+        batch_size: int = 4,
+        device: str = "auto",
+        precision: str = "fp32",
+    ) -> None:
+        if not 0.0 <= box_threshold <= 1.0:
+            raise ValueError("box_threshold must lie in [0, 1]")
+        if top_k < 1 or batch_size < 1:
+            raise ValueError("top_k and batch_size must be at least 1")
+        check_precision(precision)
+        super().__init__(
+            model=str(model),
+            box_threshold=box_threshold,
+            top_k=top_k,
+            nms_threshold=nms_threshold,
+            batch_size=batch_size,
+            device=device,
+            precision=precision,
+        )
+        self.box_threshold = box_threshold
+        self.top_k = top_k
+        self.nms_threshold = nms_threshold
+        self.batch_size = batch_size
+        self.precision = precision
+        self._device_name = device
+        self._model: Any = None
+        self._processor: Any = None
+
+    def warm_up(self) -> None:
+        if self._model is not None:
+            return
+        from transformers import AutoConfig, AutoModelForZeroShotObjectDetection, AutoProcessor
+
+        source = self._params["model"]
+        device = pick_device(self._device_name, self.precision)
+        config = load_from_source(AutoConfig.from_pretrained, source, "detector")
+        if config.model_type not in self.model_types:
+            raise ModelSourceError(
+                f"detector {source!r} is a {config.model_type!r} model; the owlv2 adapter takes owlv2"
+            )
+        self._processor = load_from_source(AutoProcessor.from_pretrained, source, "detector")
+        model = load_from_source(AutoModelForZeroShotObjectDetection.from_pretrained, source, "detector")
+        self.device = device
+        self._model = model.to(device).eval()
+
+    def _check_lengths(self, classes: Sequence[str]) -> None:
+        """OWLv2's text encoder reads 16 tokens: refuse longer queries instead of truncating them silently."""
+        limit = int(self._model.config.text_config.max_position_embeddings)
+        for name in classes:
+            n = len(self._processor.tokenizer(name)["input_ids"])
+            if n > limit:
+                raise PromptError(f"class {name!r} is {n} tokens; OWLv2 reads at most {limit} per class")
+
+    @torch.inference_mode()
+    def detect(self, images: Sequence[LoadedImage], prompt: Prompt | str | Sequence[str]) -> list[Detections]:
+        """Detect the prompt's classes in each image (all images share the prompt)."""
+        self.warm_up()
+        prompt = Prompt.of(prompt)
+        self._check_lengths(prompt.classes)
+        results: list[Detections] = []
+        for start in range(0, len(images), self.batch_size):
+            batch = list(images[start : start + self.batch_size])
+            inputs = self._processor(
+                text=[list(prompt.classes)] * len(batch),
+                images=[im.pixels for im in batch],
+                return_tensors="pt",
+                images_kwargs={"input_data_format": "channels_last"},
+            ).to(self.device)
+            with autocast(self.device, self.precision):
+                outputs = self._model(**inputs)
+            outputs.logits, outputs.pred_boxes = outputs.logits.float(), outputs.pred_boxes.float()
+            found = self._processor.post_process_grounded_object_detection(
+                outputs, threshold=self.box_threshold, target_sizes=[im.size for im in batch]
+            )
+            results.extend(self._finish(im, prompt, r) for im, r in zip(batch, found, strict=True))
+        return results
+
+    def _finish(self, image: LoadedImage, prompt: Prompt, found: dict[str, torch.Tensor]) -> Detections:
+        boxes = clip_xyxy(found["boxes"], image.size)
+        scores, labels = found["scores"], found["labels"].long()
+        if self.nms_threshold is not None and len(scores):
+            order = batched_nms(boxes, scores, labels, self.nms_threshold)
+        else:
+            order = torch.argsort(scores, descending=True, stable=True)
+        order = order[: self.top_k]
+        return Detections(
+            boxes=boxes[order],
+            scores=scores[order],
+            class_ids=labels[order],
+            classes=prompt.classes,
+            phrases=tuple(prompt.classes[i] for i in labels[order].tolist()),  # a query matches as a whole
+            image_size=image.size,
+        )
