@@ -5,5 +5,6 @@ from grounded.adapters.inpaint import StableDiffusionInpaint  # noqa: F401  (reg
 from grounded.adapters.mask_ops import MaskOps  # noqa: F401  (registers mask_ops)
 from grounded.adapters.owlv2 import OWLv2
 from grounded.adapters.sam import SAM, SAM2, SAMHQ
+from grounded.adapters.sam3 import SAM3
 
-__all__ = ["SAM", "SAM2", "SAMHQ", "GroundingDINO", "MMGroundingDINO", "OWLv2"]
+__all__ = ["SAM", "SAM2", "SAM3", "SAMHQ", "GroundingDINO", "MMGroundingDINO", "OWLv2"]

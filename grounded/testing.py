@@ -20,6 +20,7 @@ __all__ = [
     "grounding_dino_config",
     "make_grounding_dino",
     "make_sam",
+    "make_sd_inpainting",
     "sam_config",
     "wordpiece_vocab",
 ]
@@ -377,4 +378,148 @@ def make_owlv2(path: str | Path, size: str = "tiny", seed: int = 0) -> Path:
     path = Path(path)
     model.save_pretrained(path)
     Owlv2Processor(image_processor=image_processor, tokenizer=clip_tokenizer()).save_pretrained(path)
+    return path
+
+
+# ---------------------------------------------------------------------------- Stable Diffusion inpainting
+def make_sd_inpainting(path: str | Path, seed: int = 0, in_channels: int = 9) -> Path:
+    """Save a tiny random-weight Stable Diffusion inpainting pipeline to ``path`` (diffusers ``save_pretrained``).
+
+    UNet, VAE and CLIP text encoder are sized as diffusers' own inpainting tests build them (two blocks of 32 and
+    64 channels); the CLIP tokenizer is :func:`clip_tokenizer` (built offline). The VAE
+    halves the resolution and the UNet's ``sample_size`` is 32, so the model's working size is 64×64.
+    ``in_channels=9`` is an inpainting UNet (latents + mask + masked image, like SD 1.5/2 inpainting); 4 is
+    a plain text-to-image UNet, which diffusers inpaints by blending latents.
+    """
+    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionInpaintPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    if in_channels not in (4, 9):
+        raise ValueError(
+            f"in_channels must be 9 (inpainting UNet) or 4 (text-to-image UNet), got {in_channels}"
+        )
+    tokenizer = clip_tokenizer(max_length=77)  # Stable Diffusion pads prompts to 77 tokens
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        sample_size=32,
+        in_channels=in_channels,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32,
+    )
+    vae = AutoencoderKL(
+        block_out_channels=[32, 64],
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
+        up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
+        latent_channels=4,
+        layers_per_block=1,
+    )
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            intermediate_size=37,
+            num_attention_heads=4,
+            num_hidden_layers=2,
+            max_position_embeddings=77,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    ).eval()
+    pipe = StableDiffusionInpaintPipeline(
+        unet=unet,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        scheduler=PNDMScheduler(skip_prk_steps=True, steps_offset=1),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    path = Path(path)
+    pipe.save_pretrained(path)
+    return path
+
+
+# ---------------------------------------------------------------------------- SAM 3
+def sam3_config(size: str = "tiny") -> Any:
+    """``"tiny"`` (test, sized like transformers' ``Sam3ModelTester``) or ``"base"`` (the released SAM 3)."""
+    from transformers.models.sam3.configuration_sam3 import (
+        Sam3Config,
+        Sam3DETRDecoderConfig,
+        Sam3DETREncoderConfig,
+        Sam3GeometryEncoderConfig,
+        Sam3MaskDecoderConfig,
+        Sam3VisionConfig,
+        Sam3ViTConfig,
+    )
+
+    if size == "base":
+        return Sam3Config()
+    if size != "tiny":
+        raise ValueError(f"unknown SAM 3 size {size!r}; use 'tiny' or 'base'")
+    backbone = Sam3ViTConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        image_size=224,
+        patch_size=14,
+        window_size=8,
+        global_attn_indexes=[0, 1],
+    )
+    vocab_size = len(clip_tokenizer(32))
+    text = {
+        "vocab_size": vocab_size,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "projection_dim": 32,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "max_position_embeddings": 32,
+        "bos_token_id": vocab_size - 2,
+        "eos_token_id": vocab_size - 1,
+        "pad_token_id": vocab_size - 1,
+    }
+    return Sam3Config(
+        vision_config=Sam3VisionConfig(
+            backbone_config=backbone, fpn_hidden_size=32, scale_factors=[2.0, 1.0]
+        ),
+        text_config=text,
+        geometry_encoder_config=Sam3GeometryEncoderConfig(
+            hidden_size=32,
+            num_layers=1,
+            num_attention_heads=4,
+            intermediate_size=64,
+            mask_fuser_hidden_size=32,
+            mask_fuser_num_layers=1,
+        ),
+        detr_encoder_config=Sam3DETREncoderConfig(
+            hidden_size=32, num_layers=1, num_attention_heads=4, intermediate_size=64
+        ),
+        detr_decoder_config=Sam3DETRDecoderConfig(
+            hidden_size=32, num_layers=1, num_queries=5, num_attention_heads=4, intermediate_size=64
+        ),
+        mask_decoder_config=Sam3MaskDecoderConfig(hidden_size=32, num_upsampling_stages=2),
+    )
+
+
+def make_sam3(path: str | Path, size: str = "tiny", seed: int = 0) -> Path:
+    """Save a random-weight SAM 3 (text → masks) with its processor to ``path`` (``save_pretrained`` format)."""
+    from transformers import Sam3ImageProcessor, Sam3Model, Sam3Processor
+
+    torch.manual_seed(seed)
+    model = Sam3Model(sam3_config(size)).eval()
+    image_processor = (
+        Sam3ImageProcessor(size={"height": 224, "width": 224}) if size == "tiny" else Sam3ImageProcessor()
+    )
+    path = Path(path)
+    model.save_pretrained(path)
+    Sam3Processor(image_processor=image_processor, tokenizer=clip_tokenizer(32)).save_pretrained(path)
     return path

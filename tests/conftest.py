@@ -67,3 +67,10 @@ def tiny_owlv2(models_dir) -> Path:
     from grounded.testing import make_owlv2
 
     return make_owlv2(models_dir / "owlv2", size="tiny", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_sam3(models_dir) -> Path:
+    from grounded.testing import make_sam3
+
+    return make_sam3(models_dir / "sam3", size="tiny", seed=0)

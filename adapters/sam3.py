@@ -1,0 +1,156 @@
+"""SAM 3 on ``transformers`` (``Sam3Model``): text → instance masks in one stage, behind the detector ports."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import torch
+
+from grounded.adapters.common import PromptedDetector
+from grounded.boxes import clip_xyxy
+from grounded.detections import Detections
+from grounded.engine import register_adapter
+from grounded.images import LoadedImage
+from grounded.prompts import Prompt, PromptError
+from grounded.runtime import autocast, check_precision, pick_device
+from grounded.sources import ModelSourceError, load_from_source
+
+__all__ = ["SAM3"]
+
+
+def _expand(value: Any, n: int) -> Any:
+    """Repeat batch-1 tensors (nested in tuples/lists) along the batch dimension, without copying."""
+    if isinstance(value, torch.Tensor):
+        return value.expand(n, *value.shape[1:])
+    if isinstance(value, (tuple, list)):
+        return type(value)(_expand(v, n) for v in value)
+    return value
+
+
+@register_adapter("sam3")
+class SAM3(PromptedDetector):
+    """Text → boxes and masks with SAM 3 (promptable concept segmentation): a detector and segmenter in one.
+
+    Each image is encoded once; the prompt's classes are decoded together against that encoding (one
+    concept per batch row). Results go through ``Sam3Processor.post_process_instance_segmentation``; the
+    detections carry masks already, so a pipeline can use SAM 3 alone in place of detector + segmenter.
+
+    Args:
+        model: hub id or local transformers-format folder.
+        box_threshold: keep instances whose score (query × presence) exceeds this.
+        mask_threshold: probability threshold for binarising masks.
+        top_k: at most this many detections per image, over all classes.
+        batch_size: classes decoded per pass.
+        device, precision: as for the other adapters.
+    """
+
+    model_types: ClassVar[tuple[str, ...]] = ("sam3",)
+
+    def __init__(
+        self,
+        model: str = "facebook/sam3",
+        box_threshold: float = 0.3,
+        mask_threshold: float = 0.5,
+        top_k: int = 100,
+        batch_size: int = 8,
+        device: str = "auto",
+        precision: str = "fp32",
+    ) -> None:
+        if not 0.0 <= box_threshold <= 1.0 or not 0.0 <= mask_threshold <= 1.0:
+            raise ValueError("box_threshold and mask_threshold must lie in [0, 1]")
+        if top_k < 1 or batch_size < 1:
+            raise ValueError("top_k and batch_size must be at least 1")
+        check_precision(precision)
+        super().__init__(
+            model=str(model),
+            box_threshold=box_threshold,
+            mask_threshold=mask_threshold,
+            top_k=top_k,
+            batch_size=batch_size,
+            device=device,
+            precision=precision,
+        )
+        self.box_threshold = box_threshold
+        self.mask_threshold = mask_threshold
+        self.top_k = top_k
+        self.batch_size = batch_size
+        self.precision = precision
+        self._device_name = device
+        self._model: Any = None
+        self._processor: Any = None
+
+    def warm_up(self) -> None:
+        if self._model is not None:
+            return
+        from transformers import AutoConfig, AutoProcessor, Sam3Model
+
+        source = self._params["model"]
+        device = pick_device(self._device_name, self.precision)
+        config = load_from_source(AutoConfig.from_pretrained, source, "SAM 3 model")
+        if config.model_type not in self.model_types:
+            raise ModelSourceError(
+                f"{source!r} is a {config.model_type!r} model; the sam3 adapter takes sam3"
+            )
+        self._processor = load_from_source(AutoProcessor.from_pretrained, source, "SAM 3 model")
+        model = load_from_source(Sam3Model.from_pretrained, source, "SAM 3 model")
+        self.device = device
+        self._model = model.to(device).eval()
+
+    def _tokenize(self, classes: Sequence[str]) -> dict[str, torch.Tensor]:
+        limit = int(self._model.config.text_config.max_position_embeddings)
+        for name in classes:
+            n = len(self._processor.tokenizer(name)["input_ids"])
+            if n > limit:
+                raise PromptError(f"class {name!r} is {n} tokens; SAM 3 reads at most {limit} per class")
+        text = self._processor(text=list(classes), return_tensors="pt")
+        return {k: text[k].to(self.device) for k in ("input_ids", "attention_mask")}
+
+    @torch.inference_mode()
+    def detect(self, images: Sequence[LoadedImage], prompt: Prompt | str | Sequence[str]) -> list[Detections]:
+        """Boxes and masks of the prompt's classes in each image."""
+        self.warm_up()
+        prompt = Prompt.of(prompt)
+        text = self._tokenize(prompt.classes)
+        return [self._detect_one(image, prompt, text) for image in images]
+
+    def _detect_one(self, image: LoadedImage, prompt: Prompt, text: dict[str, torch.Tensor]) -> Detections:
+        pixels = self._processor(images=[image.pixels], return_tensors="pt")["pixel_values"].to(self.device)
+        with autocast(self.device, self.precision):
+            vision = self._model.get_vision_features(pixel_values=pixels)
+        boxes, scores, class_ids, masks = [], [], [], []
+        for start in range(0, len(prompt.classes), self.batch_size):
+            ids = list(range(start, min(start + self.batch_size, len(prompt.classes))))
+            expanded = type(vision)(**{k: _expand(v, len(ids)) for k, v in vision.items()})
+            with autocast(self.device, self.precision):
+                out = self._model(
+                    vision_embeds=expanded,
+                    input_ids=text["input_ids"][ids],
+                    attention_mask=text["attention_mask"][ids],
+                )
+            for name in ("pred_logits", "pred_boxes", "pred_masks", "presence_logits"):
+                if getattr(out, name, None) is not None:
+                    setattr(out, name, getattr(out, name).float())
+            found = self._processor.post_process_instance_segmentation(
+                out,
+                threshold=self.box_threshold,
+                mask_threshold=self.mask_threshold,
+                target_sizes=[image.size] * len(ids),
+            )
+            for class_id, result in zip(ids, found, strict=True):
+                boxes.append(result["boxes"])
+                scores.append(result["scores"])
+                masks.append(result["masks"].bool())
+                class_ids.append(torch.full((len(result["scores"]),), class_id, dtype=torch.int64))
+        all_scores = torch.cat(scores)
+        order = torch.argsort(all_scores, descending=True, stable=True)[: self.top_k]
+        ids_kept = torch.cat(class_ids).to(all_scores.device)[order]
+        return Detections(
+            boxes=clip_xyxy(torch.cat(boxes)[order].float(), image.size),
+            scores=all_scores[order],
+            class_ids=ids_kept,
+            classes=prompt.classes,
+            phrases=tuple(prompt.classes[i] for i in ids_kept.tolist()),
+            image_size=image.size,
+            masks=torch.cat(masks)[order].reshape(-1, *image.size),
+        )
