@@ -93,7 +93,7 @@ class SAM3(PromptedDetector):
                 f"{source!r} is a {config.model_type!r} model; the sam3 adapter takes sam3"
             )
         self._processor = load_from_source(AutoProcessor.from_pretrained, source, "SAM 3 model")
-        model = load_from_source(Sam3Model.from_pretrained, source, "SAM 3 model")
+        model: Any = load_from_source(Sam3Model.from_pretrained, source, "SAM 3 model")
         self.device = device
         self._model = model.to(device).eval()
 

@@ -497,8 +497,6 @@ def sam3_config(size: str = "tiny") -> Any:
             num_layers=1,
             num_attention_heads=4,
             intermediate_size=64,
-            mask_fuser_hidden_size=32,
-            mask_fuser_num_layers=1,
         ),
         detr_encoder_config=Sam3DETREncoderConfig(
             hidden_size=32, num_layers=1, num_attention_heads=4, intermediate_size=64
