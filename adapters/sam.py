@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -10,6 +11,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from grounded.compat import fix_sam_hq_decoder
 from grounded.detections import Detections
 from grounded.engine import Adapter, register_adapter
 from grounded.images import LoadedImage
@@ -114,11 +116,19 @@ class SAM(Adapter):
             )
         if self.hq_token_only and config.model_type != "sam_hq":
             _log.warning("hq_token_only has no effect: %s is plain SAM, not HQ-SAM", source)
-        processor = load_from_source(AutoProcessor.from_pretrained, source, "segmenter")
+        load_processor = functools.partial(AutoProcessor.from_pretrained, **self._processor_options())
+        processor = load_from_source(load_processor, source, "segmenter")
         model = load_from_source(AutoModel.from_pretrained, source, "segmenter")
+        if config.model_type == "sam_hq":
+            fix_sam_hq_decoder(model)  # transformers' SAM-HQ decoder differs from the official one
         self.device = device
         self._processor = processor
         self._model = model.to(self.device).eval()
+
+    def _processor_options(self) -> dict[str, Any]:
+        """SAM's images are resized with the PIL backend: it matches the official ``ResizeLongestSide`` exactly,
+        the torchvision backend differs by up to 0.02 in normalised pixel values."""
+        return {"backend": "pil"}
 
     @property
     def is_hq(self) -> bool:
@@ -287,6 +297,9 @@ class SAM2(SAM):
     @property
     def is_hq(self) -> bool:
         return False
+
+    def _processor_options(self) -> dict[str, Any]:
+        return {}
 
     @torch.inference_mode()
     def _encode_batch(self, batch: Sequence[LoadedImage]) -> list[ImageEmbedding]:

@@ -104,6 +104,16 @@ def _build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("adapters", help="list registered adapters and their ports")
 
+    convert = sub.add_parser(
+        "convert",
+        help="convert an official checkpoint file to a transformers-format folder",
+        description="Convert an official checkpoint (segment-anything sam_vit_{b,l,h}_*.pth, sam-hq sam_hq_vit_*.pth) "
+        "to a transformers-format folder (model + processor) that loads fast. The variant is read from the file's "
+        "keys and shapes; the file is unpickled with weights_only=True (tensors only, no code runs).",
+    )
+    convert.add_argument("checkpoint", type=Path, help="the official .pth file")
+    convert.add_argument("out_dir", type=Path, help="folder to write (replaced atomically if it exists)")
+
     demo = sub.add_parser(
         "demo",
         help="segment three skimage photos end to end",
@@ -349,6 +359,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``grounded`` command; returns the exit code."""
     args = _build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="grounded: %(message)s")
+    from grounded.checkpoints import CheckpointError
     from grounded.engine import PipelineError, UnknownAdapterError
     from grounded.prompts import PromptError
     from grounded.runtime import DeviceError
@@ -360,6 +371,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return int(handler(args))
         if args.command == "adapters":
             return _list_adapters()
+        if args.command == "convert":
+            from grounded.checkpoints import convert_checkpoint
+
+            print(f"grounded: wrote {convert_checkpoint(args.checkpoint, args.out_dir)}", file=sys.stderr)
+            return EXIT_OK
         if args.command == "demo":
             return _demo(args)
         if args.command == "bench":
@@ -378,7 +394,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         overrides = _segment_overrides(args) if args.command == "segment" else _parse_settings(args.settings)
         pipeline = build_pipeline(args.pipeline, overrides=overrides, shared=_shared_params(args))
         return _process(args, pipeline)
-    except (CliError, DeviceError, ModelSourceError, PromptError, PipelineError, UnknownAdapterError) as exc:
+    except (
+        CliError,
+        CheckpointError,
+        DeviceError,
+        ModelSourceError,
+        PromptError,
+        PipelineError,
+        UnknownAdapterError,
+    ) as exc:
         print(f"grounded: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

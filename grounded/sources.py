@@ -51,8 +51,9 @@ def _in_cache(repo_id: str) -> bool:
 def resolve_source(source: str | Path, what: str) -> tuple[str, bool]:
     """Decide how to load ``source``: returns ``(name_or_path, local_files_only)``.
 
-    Raises :class:`ModelSourceError` when the source is a missing folder, an official checkpoint file
-    (not supported by this adapter), or a hub id that is neither cached nor downloadable now.
+    An official checkpoint file (``.pth``) is converted to a cached transformers-format folder on first use.
+    Raises :class:`ModelSourceError` when the source is a missing folder or file, an unrecognised
+    checkpoint, or a hub id that is neither cached nor downloadable now.
     """
     text = str(source)
     path = Path(text).expanduser()
@@ -62,10 +63,15 @@ def resolve_source(source: str | Path, what: str) -> tuple[str, bool]:
                 f"{what} folder {text!r} has no config.json (expected a transformers-format folder)"
             )
         return str(path), True
-    if path.is_file() or text.endswith(_CHECKPOINT_SUFFIXES):
-        raise ModelSourceError(
-            f"{what} {text!r} is a checkpoint file; this adapter loads transformers-format folders or hub ids"
-        )
+    if path.is_file():  # an official checkpoint file: converted once, then loaded from the cached folder
+        from grounded.checkpoints import CheckpointError, converted_folder
+
+        try:
+            return str(converted_folder(path)), True
+        except CheckpointError as exc:
+            raise ModelSourceError(f"{what} {text!r}: {exc}") from None
+    if text.endswith(_CHECKPOINT_SUFFIXES):
+        raise ModelSourceError(f"{what} checkpoint file {text!r} does not exist")
     if _looks_like_path(text):
         raise ModelSourceError(f"{what} folder {text!r} does not exist")
     if _in_cache(text):
