@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+import functools
 import itertools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -63,6 +64,8 @@ class GroundingDINO(PromptedDetector):
         class_reduction: ``"max"`` or ``"mean"`` over a class's tokens.
         clip_boxes: clip boxes to the image. ``False`` keeps the model's boxes as predicted (they may reach a
             little past the border), as Grounding DINO's own evaluation post-processing does.
+        image_backend: transformers' image-processor backend: ``None`` (its default, torchvision), ``"pil"``
+            (resizes exactly as the official ``T.RandomResize`` on a PIL image does) or ``"torchvision"``.
         batch_size: images per forward pass.
         pad_batches: batch images of different sizes together, padded to a common size (more throughput on
             mixed sizes; padding changes the features slightly). By default only images of the same
@@ -83,6 +86,7 @@ class GroundingDINO(PromptedDetector):
         multi_label: bool = False,
         class_reduction: Reduction = "max",
         clip_boxes: bool = True,
+        image_backend: str | None = None,
         batch_size: int = 4,
         pad_batches: bool = False,
         device: str = "auto",
@@ -95,6 +99,8 @@ class GroundingDINO(PromptedDetector):
         check_precision(precision)
         if class_reduction not in ("max", "mean"):
             raise ValueError(f"class_reduction must be 'max' or 'mean', got {class_reduction!r}")
+        if image_backend not in (None, "pil", "torchvision"):
+            raise ValueError(f"image_backend must be None, 'pil' or 'torchvision', got {image_backend!r}")
         super().__init__(
             model=str(model),
             box_threshold=box_threshold,
@@ -104,6 +110,7 @@ class GroundingDINO(PromptedDetector):
             multi_label=multi_label,
             class_reduction=class_reduction,
             clip_boxes=clip_boxes,
+            image_backend=image_backend,
             batch_size=batch_size,
             pad_batches=pad_batches,
             device=device,
@@ -116,6 +123,7 @@ class GroundingDINO(PromptedDetector):
         self.multi_label = multi_label
         self.class_reduction: Reduction = class_reduction
         self.clip_boxes = clip_boxes
+        self.image_backend = image_backend
         self.batch_size = batch_size
         self.pad_batches = pad_batches
         self.precision = precision
@@ -138,7 +146,10 @@ class GroundingDINO(PromptedDetector):
                 f"detector {source!r} is a {config.model_type!r} model; "
                 f"the {self.registry_name} adapter takes {' or '.join(self.model_types)}"
             )
-        processor = load_from_source(AutoProcessor.from_pretrained, source, "detector")
+        backend = {"backend": self.image_backend} if self.image_backend else {}
+        processor = load_from_source(
+            functools.partial(AutoProcessor.from_pretrained, **backend), source, "detector"
+        )
         model = load_from_source(AutoModelForZeroShotObjectDetection.from_pretrained, source, "detector")
         self.device = device
         self._processor = processor

@@ -17,7 +17,7 @@ EXIT_OK, EXIT_IMAGE_ERRORS, EXIT_USAGE = 0, 1, 2
 #: Modules that add further subcommands. Each defines ``add_parser(subparsers) -> None`` and sets
 #: ``handler=<function(args) -> int>`` as a parser default; errors it raises as :class:`CliError` (or the
 #: library's own error types) are printed as one line with exit code 2.
-COMMAND_MODULES: list[str] = []
+COMMAND_MODULES: list[str] = ["grounded.evaluation.cli"]
 
 
 class CliError(Exception):
