@@ -14,6 +14,7 @@ import torch
 from grounded.compat import fix_sam_hq_decoder
 from grounded.detections import Detections
 from grounded.engine import Adapter, register_adapter
+from grounded.granularity import Levels, LevelSelection, order_levels, select_levels
 from grounded.images import LoadedImage
 from grounded.runtime import autocast, check_precision, pick_device
 from grounded.sources import ModelSourceError, load_from_source
@@ -49,6 +50,8 @@ class SAM(Adapter):
         multimask_output: ask the decoder for 3 masks per box and keep the one with the best predicted IoU.
         hq_token_only: HQ-SAM only: use the HQ mask alone instead of SAM + HQ (the official default is False).
         mask_threshold: logit threshold for binarising masks.
+        granularity: which of the decoder's masks a box keeps: ``"best"`` (highest predicted IoU),
+            ``"part"`` (the finest) or ``"whole"`` (the coarsest); see :meth:`predict_levels` for all of them.
         batch_size: images per vision-encoder pass.
         max_boxes_per_call: boxes per decoder call.
         cache_size: image embeddings kept, keyed on image content (0 disables the cache).
@@ -65,6 +68,7 @@ class SAM(Adapter):
         multimask_output: bool = False,
         hq_token_only: bool = False,
         mask_threshold: float = 0.0,
+        granularity: str = "best",
         batch_size: int = 2,
         max_boxes_per_call: int = 64,
         cache_size: int = 8,
@@ -74,11 +78,14 @@ class SAM(Adapter):
         if batch_size < 1 or max_boxes_per_call < 1 or cache_size < 0:
             raise ValueError("batch_size and max_boxes_per_call must be at least 1, cache_size at least 0")
         check_precision(precision)
+        if granularity not in ("best", "part", "whole"):
+            raise ValueError(f"granularity must be 'best', 'part' or 'whole', got {granularity!r}")
         super().__init__(
             model=str(model),
             multimask_output=multimask_output,
             hq_token_only=hq_token_only,
             mask_threshold=mask_threshold,
+            granularity=granularity,
             batch_size=batch_size,
             max_boxes_per_call=max_boxes_per_call,
             cache_size=cache_size,
@@ -88,6 +95,7 @@ class SAM(Adapter):
         self.multimask_output = multimask_output
         self.hq_token_only = hq_token_only
         self.mask_threshold = mask_threshold
+        self.granularity = granularity
         self.batch_size = batch_size
         self.max_boxes_per_call = max_boxes_per_call
         self.cache_size = cache_size
@@ -178,35 +186,98 @@ class SAM(Adapter):
         ]
 
     # ------------------------------------------------------------------ decoder
+    def _prompts(
+        self, embedding: ImageEmbedding, boxes: torch.Tensor | None, points: torch.Tensor | None
+    ) -> dict[str, torch.Tensor]:
+        """Box ``(N, 4)`` or point ``(N, 2)`` prompts in pixels → the decoder's scaled inputs (batch of 1)."""
+        height, width = embedding.original_size
+        sx, sy = embedding.reshaped_size[1] / width, embedding.reshaped_size[0] / height
+        if boxes is not None:
+            scale = torch.tensor([sx, sy, sx, sy], device=self.device)
+            return {"input_boxes": (boxes.to(self.device, torch.float32) * scale)[None]}
+        assert points is not None
+        scaled = points.to(self.device, torch.float32) * torch.tensor([sx, sy], device=self.device)
+        return {
+            "input_points": scaled[None, :, None, :],
+            "input_labels": torch.ones((1, len(points), 1), dtype=torch.long, device=self.device),
+        }
+
     @torch.inference_mode()
+    def _decode_raw(
+        self,
+        embedding: ImageEmbedding,
+        boxes: torch.Tensor | None = None,
+        points: torch.Tensor | None = None,
+        multimask: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Low-res mask logits ``(N, M, h, w)`` and predicted IoU ``(N, M)`` for N box or point prompts."""
+        n = len(boxes) if boxes is not None else len(points)  # type: ignore[arg-type]
+        low_parts, iou_parts = [], []
+        for start in range(0, n, self.max_boxes_per_call):
+            stop = start + self.max_boxes_per_call
+            prompts = self._prompts(
+                embedding,
+                None if boxes is None else boxes[start:stop],
+                None if points is None else points[start:stop],
+            )
+            with autocast(self.device, self.precision):
+                out = self._model(multimask_output=multimask, **prompts, **self._decoder_inputs(embedding))
+            low_parts.append(out.pred_masks[0].float())
+            iou_parts.append(out.iou_scores[0].float())
+        return torch.cat(low_parts), torch.cat(iou_parts)
+
     def decode(self, embedding: ImageEmbedding, boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Masks ``(N, H, W)`` bool at the original size and their predicted IoU ``(N,)`` for xyxy pixel boxes."""
+        """Masks ``(N, H, W)`` bool at the original size and their predicted IoU ``(N,)`` for xyxy pixel boxes.
+
+        With ``granularity="best"`` each box keeps the mask with the highest predicted IoU; ``"part"`` /
+        ``"whole"`` keep the finest / coarsest level of :meth:`predict_levels`.
+        """
         height, width = embedding.original_size
         if len(boxes) == 0:
             return (
                 torch.zeros((0, height, width), dtype=torch.bool, device=self.device),
                 torch.zeros((0,), device=self.device),
             )
-        scale = torch.tensor(
-            [embedding.reshaped_size[1] / width, embedding.reshaped_size[0] / height] * 2, device=self.device
-        )
-        prompts = boxes.to(self.device, torch.float32) * scale
-        masks_out, scores_out = [], []
-        for start in range(0, len(prompts), self.max_boxes_per_call):
-            group = prompts[start : start + self.max_boxes_per_call]
-            with autocast(self.device, self.precision):
-                out = self._model(
-                    input_boxes=group[None],
-                    multimask_output=self.multimask_output,
-                    **self._decoder_inputs(embedding),
-                )
-            low_res, iou = out.pred_masks[0].float(), out.iou_scores[0].float()  # (n, m, h, w), (n, m)
-            best = iou.argmax(dim=-1)
-            rows = torch.arange(len(group), device=low_res.device)
-            low_res, iou = low_res[rows, best][:, None], iou[rows, best]
-            masks_out.append(self._upsample(low_res, embedding))
-            scores_out.append(iou)
-        return torch.cat(masks_out), torch.cat(scores_out)
+        if self.granularity != "best":  # the finest / coarsest level, exactly as predict_levels orders them
+            low_res, iou = self._decode_raw(embedding, boxes=boxes, multimask=True)
+            masks, scores = [], []
+            for prompt_low, prompt_iou in zip(low_res, iou, strict=True):
+                candidates = self._upsample(prompt_low[:, None], embedding)
+                ordered = order_levels(candidates, prompt_iou.to(candidates.device))
+                levels = select_levels(ordered, "part" if self.granularity == "part" else "whole")
+                if len(levels) == 0:  # every candidate empty
+                    masks.append(candidates[:1] & False)
+                    scores.append(prompt_iou[:1].to(candidates.device))
+                else:
+                    masks.append(levels.masks)
+                    scores.append(levels.scores)
+            return torch.cat(masks), torch.cat(scores)
+        low_res, iou = self._decode_raw(embedding, boxes=boxes, multimask=self.multimask_output)
+        rows = torch.arange(len(boxes), device=low_res.device)
+        pick = iou.argmax(dim=-1)
+        return self._upsample(low_res[rows, pick][:, None], embedding), iou[rows, pick]
+
+    def predict_levels(
+        self,
+        image: LoadedImage,
+        points: torch.Tensor | None = None,
+        boxes: torch.Tensor | None = None,
+        levels: LevelSelection = "all",
+    ) -> list[Levels]:
+        """Every granularity level for each point ``(N, 2)`` or box ``(N, 4)`` prompt, finest first.
+
+        The decoder's 3 candidates per prompt are ordered by area, near-duplicates (IoU ≥ 0.9) merged and
+        nesting checked (see :mod:`grounded.granularity`).
+        """
+        if (points is None) == (boxes is None):
+            raise ValueError("give points or boxes (one of them)")
+        (embedding,) = self.encode([image])
+        low_res, iou = self._decode_raw(embedding, boxes=boxes, points=points, multimask=True)
+        out = []
+        for prompt_low, prompt_iou in zip(low_res, iou, strict=True):
+            masks = self._upsample(prompt_low[:, None], embedding)
+            out.append(select_levels(order_levels(masks, prompt_iou.to(masks.device)), levels))
+        return out
 
     def _decoder_inputs(self, embedding: ImageEmbedding) -> dict[str, Any]:
         """The image side of a mask-decoder call."""

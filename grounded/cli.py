@@ -17,7 +17,10 @@ EXIT_OK, EXIT_IMAGE_ERRORS, EXIT_USAGE = 0, 1, 2
 #: Modules that add further subcommands. Each defines ``add_parser(subparsers) -> None`` and sets
 #: ``handler=<function(args) -> int>`` as a parser default; errors it raises as :class:`CliError` (or the
 #: library's own error types) are printed as one line with exit code 2.
-COMMAND_MODULES: list[str] = ["grounded.evaluation.cli"]
+COMMAND_MODULES: list[str] = [
+    "grounded.evaluation.cli",
+    "grounded.cli_granularity",
+]
 
 
 class CliError(Exception):
@@ -86,6 +89,11 @@ def _build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--multimask", action="store_true", help="3 masks per box, keep the best predicted IoU")
     seg.add_argument("--hq-token-only", action="store_true", help="HQ-SAM: use the HQ mask alone")
 
+    seg.add_argument(
+        "--granularity",
+        choices=("best", "part", "whole"),
+        help="which of SAM's masks a box keeps: best predicted IoU (default), the finest, or the coarsest",
+    )
     run = sub.add_parser(
         "run",
         help="run a YAML pipeline",
@@ -188,6 +196,8 @@ def _parse_settings(settings: Sequence[str]) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for item in settings:
         key, eq, value = item.partition("=")
+    if args.granularity is not None:
+        seg["granularity"] = args.granularity
         node, dot, param = key.partition(".")
         if not eq or not dot or not node or not param:
             raise CliError(f"--set expects NODE.PARAM=VALUE, got {item!r}")

@@ -229,7 +229,7 @@ def test_zero_detections_skip_the_segmenter(tiny_sam, image_files):
 
 
 def test_segmenter_rejects_a_detector_folder_and_sam_hq_rejects_plain_sam(tiny_gdino, tiny_sam):
-    with pytest.raises(ModelSourceError, match="not SAM or HQ-SAM"):
+    with pytest.raises(ModelSourceError, match="the sam adapter takes sam or sam_hq"):
         SAM(model=str(tiny_gdino)).warm_up()
     with pytest.raises(ModelSourceError, match="plain SAM"):
         SAMHQ(model=str(tiny_sam)).warm_up()
