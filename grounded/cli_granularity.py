@@ -61,8 +61,10 @@ def _levels_arg(text: str) -> Any:
         raise CliError(f"--levels must be all, part, whole or numbers like 1,3; got {text!r}") from None
 
 
-def draw_levels(pixels: np.ndarray, levels: list[Any]) -> np.ndarray:
-    """The image with each level filled in its colour (coarsest first, so finer levels stay visible) and a legend."""
+def draw_levels(
+    pixels: np.ndarray, levels: list[Any], prompts: list[list[float]] | None = None
+) -> np.ndarray:
+    """Each level filled in its colour (coarsest first, so finer levels stay visible), the prompts, a legend."""
     from PIL import Image, ImageDraw
 
     canvas = pixels.astype(np.float32).copy()
@@ -73,6 +75,12 @@ def draw_levels(pixels: np.ndarray, levels: list[Any]) -> np.ndarray:
             canvas[mask] = 0.45 * canvas[mask] + 0.55 * colour
     image = Image.fromarray(canvas.round().clip(0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(image)
+    for prompt in prompts or []:
+        if len(prompt) == 2:
+            x, y = prompt
+            draw.ellipse([x - 5, y - 5, x + 5, y + 5], outline=(255, 255, 255), width=2)
+        else:
+            draw.rectangle(prompt, outline=(255, 255, 255), width=2)
     shown = sorted({lv for p in levels for lv in p.levels})
     for row, level in enumerate(shown):
         y = 6 + 18 * row
@@ -117,7 +125,9 @@ def run(args: argparse.Namespace) -> int:
     )
     args.out.mkdir(parents=True, exist_ok=True)
     name = args.image.stem
-    atomic_write_bytes(args.out / f"{name}_levels.png", encode_png(draw_levels(image.pixels, results)))
+    atomic_write_bytes(
+        args.out / f"{name}_levels.png", encode_png(draw_levels(image.pixels, results, points or boxes))
+    )
     doc = {
         "image": {"file_name": args.image.name, "height": height, "width": width},
         "prompts": [
