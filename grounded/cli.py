@@ -19,6 +19,7 @@ EXIT_OK, EXIT_IMAGE_ERRORS, EXIT_USAGE = 0, 1, 2
 #: library's own error types) are printed as one line with exit code 2.
 COMMAND_MODULES: list[str] = [
     "grounded.evaluation.cli",
+    "grounded.cli_edit",
     "grounded.cli_granularity",
 ]
 

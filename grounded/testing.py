@@ -432,7 +432,7 @@ def make_sd_inpainting(path: str | Path, seed: int = 0, in_channels: int = 9) ->
             pad_token_id=tokenizer.pad_token_id,
         )
     ).eval()
-    pipe = StableDiffusionInpaintPipeline(
+    pipe: Any = StableDiffusionInpaintPipeline(
         unet=unet,
         vae=vae,
         text_encoder=text_encoder,
