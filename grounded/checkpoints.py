@@ -1,9 +1,11 @@
-"""Official checkpoint files (``sam_vit_b_01ec64.pth``, ``sam_hq_vit_b.pth``, ...) → transformers models.
+"""Official checkpoint files (``sam_vit_b_01ec64.pth``, ``sam_hq_vit_b.pth``, ``groundingdino_swint_ogc.pth``,
+...) → transformers models.
 
 The files are pickles: they are read with ``torch.load(weights_only=True)``, which unpickles tensors and plain
 containers only, so a file that needs arbitrary code is refused, never run. The variant (SAM or HQ-SAM, ViT
-size, attention layout) is recognised from the keys and tensor shapes; the keys are renamed to transformers'
-layout and loaded strictly (every weight must be used, every parameter filled).
+size, attention layout; Grounding DINO with a Swin-T or Swin-B backbone) is recognised from the keys and tensor
+shapes; the keys are renamed to transformers' layout and loaded strictly (every weight must be used, every
+parameter filled).
 """
 
 from __future__ import annotations
@@ -18,14 +20,29 @@ from typing import Any
 
 import torch
 
-__all__ = ["CheckpointError", "convert_checkpoint", "converted_folder", "detect_variant", "read_state_dict"]
+__all__ = [
+    "TEXT_ENCODER_ENV",
+    "CheckpointError",
+    "convert_checkpoint",
+    "converted_folder",
+    "detect_variant",
+    "read_state_dict",
+]
+
+#: Environment variable naming the tokenizer (hub id or local folder) for Grounding DINO's official files, whose
+#: BERT weights are inside the ``.pth`` but whose tokenizer is not; ``bert-base-uncased`` when unset.
+TEXT_ENCODER_ENV = "GROUNDED_TEXT_ENCODER"
+DEFAULT_TEXT_ENCODER = "bert-base-uncased"
 
 
 class CheckpointError(ValueError):
     """A checkpoint file that cannot be read or is not one of the known official formats."""
 
 
-_KNOWN = "SAM (segment-anything: sam_vit_{b,l,h}_*.pth) or HQ-SAM (sam-hq: sam_hq_vit_{b,l,h}.pth)"
+_KNOWN = (
+    "SAM (segment-anything: sam_vit_{b,l,h}_*.pth) or HQ-SAM (sam-hq: sam_hq_vit_{b,l,h}.pth), or Grounding "
+    "DINO (GroundingDINO: groundingdino_swint_ogc.pth, groundingdino_swinb_cogcoor.pth)"
+)
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -47,14 +64,28 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         obj = obj["model"]  # training checkpoints wrap the weights
     if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f"{path.name} does not hold a state dict of tensors")
+    if obj and all(isinstance(k, str) and k.startswith("module.") for k in obj):
+        obj = {k[len("module.") :]: v for k, v in obj.items()}  # saved from a DistributedDataParallel wrapper
     return dict(obj)
 
 
 def detect_variant(state_dict: Mapping[str, torch.Tensor]) -> str:
-    """``"sam"`` or ``"sam_hq"``, from the keys; a clear error for anything else."""
+    """``"sam"``, ``"sam_hq"``, ``"grounding_dino_swin_t"``, ``"grounding_dino_swin_b"`` or
+    ``"grounding_dino_swin"`` (another Swin size), from the keys and shapes; a clear error for anything else."""
     keys = set(state_dict)
     if "image_encoder.patch_embed.proj.weight" in keys and "mask_decoder.iou_token.weight" in keys:
         return "sam_hq" if "mask_decoder.hf_token.weight" in keys else "sam"
+    if {
+        "backbone.0.patch_embed.proj.weight",
+        "transformer.level_embed",
+        "bert.embeddings.word_embeddings.weight",
+    } <= keys:
+        swin = _swin_shape(state_dict)
+        if swin["embed_dim"] == 96 and swin["depths"] == [2, 2, 6, 2]:
+            return "grounding_dino_swin_t"
+        if swin["embed_dim"] == 128 and swin["depths"] == [2, 2, 18, 2]:
+            return "grounding_dino_swin_b"
+        return "grounding_dino_swin"
     sample = ", ".join(sorted(keys)[:4]) or "no keys"
     raise CheckpointError(f"unrecognised checkpoint (keys {sample}, ...); expected {_KNOWN}")
 
@@ -172,24 +203,318 @@ def _load_sam(state_dict: Mapping[str, torch.Tensor], hq: bool) -> Any:
     return model
 
 
+# ------------------------------------------------------------------------------------------------ Grounding DINO
+# Official layout (IDEA-Research/GroundingDINO) → transformers' GroundingDinoForObjectDetection. Rules apply in
+# order to a key with its "module." prefix removed; fused attention projections (Swin's ``qkv``,
+# nn.MultiheadAttention's ``in_proj_*``) are split into query / key / value afterwards.
+_SWIN = "model.backbone.conv_encoder.model"
+_GDINO_RENAMES: list[tuple[str, str]] = [
+    # Swin backbone
+    (r"^backbone\.0\.norm(\d)\.", "BACKBONE_NORM_\\1."),  # stage index fixed up in _rename_gdino_key
+    (r"^backbone\.0\.patch_embed\.proj\.", f"{_SWIN}.swin.embeddings.patch_embeddings.projection."),
+    (r"^backbone\.0\.patch_embed\.norm\.", f"{_SWIN}.swin.embeddings.norm."),
+    (r"^backbone\.0\.layers\.", f"{_SWIN}.swin.encoder.layers."),
+    (r"(\.blocks\.\d+)\.norm1\.", r"\1.layernorm_before."),
+    (r"(\.blocks\.\d+)\.norm2\.", r"\1.layernorm_after."),
+    (
+        r"\.attn\.relative_position_bias_table$",
+        ".attention.relative_position_bias.relative_position_bias_table",
+    ),
+    (r"\.attn\.proj\.", ".attention.o_proj."),
+    (r"\.attn\.qkv\.", ".attention.qkv."),
+    # text encoder and projections
+    (r"^bert\.", "model.text_backbone."),
+    (r"^feat_map\.", "model.text_projection."),
+    (r"^input_proj\.", "model.input_proj_vision."),
+    # encoder: deformable (image), text-enhancer and fusion layers share one transformers layer per index
+    (
+        r"^transformer\.encoder\.layers\.(\d+)\.norm1\.",
+        r"model.encoder.layers.\1.deformable_layer.self_attn_layer_norm.",
+    ),
+    (
+        r"^transformer\.encoder\.layers\.(\d+)\.norm2\.",
+        r"model.encoder.layers.\1.deformable_layer.final_layer_norm.",
+    ),
+    (
+        r"^transformer\.encoder\.layers\.(\d+)\.linear(\d)\.",
+        r"model.encoder.layers.\1.deformable_layer.fc\2.",
+    ),
+    (
+        r"^transformer\.encoder\.layers\.(\d+)\.self_attn\.",
+        r"model.encoder.layers.\1.deformable_layer.self_attn.",
+    ),
+    (
+        r"^transformer\.encoder\.text_layers\.(\d+)\.norm1\.",
+        r"model.encoder.layers.\1.text_enhancer_layer.layer_norm_before.",
+    ),
+    (
+        r"^transformer\.encoder\.text_layers\.(\d+)\.norm2\.",
+        r"model.encoder.layers.\1.text_enhancer_layer.layer_norm_after.",
+    ),
+    (
+        r"^transformer\.encoder\.text_layers\.(\d+)\.linear(\d)\.",
+        r"model.encoder.layers.\1.text_enhancer_layer.fc\2.",
+    ),
+    (
+        r"^transformer\.encoder\.text_layers\.(\d+)\.self_attn\.",
+        r"model.encoder.layers.\1.text_enhancer_layer.self_attn.",
+    ),
+    (r"^transformer\.encoder\.fusion_layers\.(\d+)\.", r"model.encoder.layers.\1.fusion_layer."),
+    (r"\.fusion_layer\.gamma_v$", ".fusion_layer.vision_param"),
+    (r"\.fusion_layer\.gamma_l$", ".fusion_layer.text_param"),
+    (r"\.fusion_layer\.layer_norm_v\.", ".fusion_layer.layer_norm_vision."),
+    (r"\.fusion_layer\.layer_norm_l\.", ".fusion_layer.layer_norm_text."),
+    (r"\.fusion_layer\.attn\.(values_|out_)?v_proj\.", r".fusion_layer.attn.\1vision_proj."),
+    (r"\.fusion_layer\.attn\.(values_|out_)?l_proj\.", r".fusion_layer.attn.\1text_proj."),
+    # decoder
+    (r"^transformer\.decoder\.layers\.(\d+)\.", r"model.decoder.layers.\1.DEC."),
+    (r"\.DEC\.cross_attn\.", ".encoder_attn."),
+    (r"\.DEC\.norm1\.", ".encoder_attn_layer_norm."),
+    (r"\.DEC\.ca_text\.", ".encoder_attn_text."),
+    (r"\.DEC\.catext_norm\.", ".encoder_attn_text_layer_norm."),
+    (r"\.DEC\.norm2\.", ".self_attn_layer_norm."),
+    (r"\.DEC\.norm3\.", ".final_layer_norm."),
+    (r"\.DEC\.linear(\d)\.", r".fc\1."),
+    (r"\.DEC\.", "."),
+    (r"^transformer\.decoder\.norm\.", "model.decoder.layer_norm."),
+    (r"^transformer\.decoder\.ref_point_head\.", "model.decoder.reference_points_head."),
+    (r"^transformer\.decoder\.bbox_embed\.", "model.decoder.bbox_embed."),
+    # two-stage proposals and queries
+    (r"^transformer\.level_embed$", "model.level_embed"),
+    (r"^transformer\.tgt_embed\.", "model.query_position_embeddings."),
+    (r"^transformer\.enc_output(_norm)?\.", r"model.enc_output\1."),
+    (r"^transformer\.enc_out_bbox_embed\.", "model.encoder_output_bbox_embed."),
+]
+# buffers recomputed by transformers, and BERT's pooler, whose output the official model never uses
+_GDINO_DROPPED = re.compile(
+    r"(\.relative_position_index|\.attn_mask|^bert\.pooler\..*|^bert\.embeddings\.position_ids)$"
+)
+# transformers' SwinBackbone keeps a final layer norm its backbone output never goes through
+_GDINO_UNUSED_TARGETS = re.compile(rf"^{re.escape(_SWIN)}\.swin\.layernorm\.(weight|bias)$")
+
+
+def _swin_shape(state_dict: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+    """Swin backbone sizes read off the official keys: width, depths, heads and window per stage."""
+    blocks: dict[int, int] = {}
+    for key in state_dict:
+        if m := re.match(r"backbone\.0\.layers\.(\d+)\.blocks\.(\d+)\.", key):
+            stage, block = int(m.group(1)), int(m.group(2))
+            blocks[stage] = max(blocks.get(stage, 0), block + 1)
+    depths = [blocks[i] for i in range(len(blocks))]
+    tables = [
+        state_dict[f"backbone.0.layers.{i}.blocks.0.attn.relative_position_bias_table"]
+        for i in range(len(depths))
+    ]
+    patch = state_dict["backbone.0.patch_embed.proj.weight"]
+    embed_dim = int(patch.shape[0])
+    return {
+        "embed_dim": embed_dim,
+        "depths": depths,
+        "num_heads": [int(t.shape[1]) for t in tables],
+        "window_size": (round(int(tables[0].shape[0]) ** 0.5) + 1) // 2,
+        "patch_size": int(patch.shape[-1]),
+        "mlp_ratio": int(state_dict["backbone.0.layers.0.blocks.0.mlp.fc1.weight"].shape[0]) / embed_dim,
+        "out_indices": sorted(
+            int(m.group(1)) + 1 for k in state_dict if (m := re.match(r"backbone\.0\.norm(\d)\.weight$", k))
+        ),
+    }
+
+
+def _count(state_dict: Mapping[str, torch.Tensor], pattern: str) -> int:
+    found = [int(m.group(1)) for k in state_dict if (m := re.match(pattern, k))]
+    return 1 + max(found) if found else 0
+
+
+def _gdino_config(state_dict: Mapping[str, torch.Tensor], text_config: Any | None) -> Any:
+    """Grounding DINO config from the tensor shapes.
+
+    Not recoverable from shapes: how the deformable attention's ``heads × points`` split (the official configs
+    all use 4 sampling points, so heads = rows / levels / 4), and BERT's head count (taken from the text
+    encoder's config when it has one, else ``hidden / 64`` as in every BERT release).
+    """
+    from transformers import BertConfig, GroundingDinoConfig, SwinConfig
+
+    swin = _swin_shape(state_dict)
+    outputs: dict[str, Any] = {
+        "out_indices": swin["out_indices"]
+    }  # a property on the config: pass as a mapping
+    backbone = SwinConfig(
+        embed_dim=swin["embed_dim"],
+        depths=swin["depths"],
+        num_heads=swin["num_heads"],
+        window_size=swin["window_size"],
+        patch_size=swin["patch_size"],
+        mlp_ratio=swin["mlp_ratio"],
+        image_size=384 if swin["window_size"] == 12 else 224,
+        **outputs,
+    )
+    words = state_dict["bert.embeddings.word_embeddings.weight"]
+    hidden = int(words.shape[1])
+    text: dict[str, Any] = {
+        "vocab_size": int(words.shape[0]),
+        "hidden_size": hidden,
+        "num_hidden_layers": _count(state_dict, r"bert\.encoder\.layer\.(\d+)\."),
+        "intermediate_size": int(state_dict["bert.encoder.layer.0.intermediate.dense.weight"].shape[0]),
+        "max_position_embeddings": int(state_dict["bert.embeddings.position_embeddings.weight"].shape[0]),
+        "type_vocab_size": int(state_dict["bert.embeddings.token_type_embeddings.weight"].shape[0]),
+        "num_attention_heads": max(1, hidden // 64),
+    }
+    if text_config is not None and getattr(text_config, "model_type", None) == "bert":
+        if int(text_config.hidden_size) != hidden:
+            raise CheckpointError(
+                f"the text encoder's config has hidden size {text_config.hidden_size}, the checkpoint's BERT {hidden}"
+            )
+        text["num_attention_heads"] = int(text_config.num_attention_heads)
+        text["layer_norm_eps"] = float(text_config.layer_norm_eps)
+        text["hidden_act"] = text_config.hidden_act
+    level_embed = state_dict["transformer.level_embed"]
+    levels, d_model = int(level_embed.shape[0]), int(level_embed.shape[1])
+    points = 4
+
+    def heads(key: str) -> int:
+        rows = int(state_dict[key].shape[0])
+        if rows % (levels * points):
+            raise CheckpointError(
+                f"{key} has {rows} rows, not a multiple of {levels} levels × {points} points"
+            )
+        return rows // (levels * points)
+
+    last = _count(state_dict, r"bbox_embed\.(\d+)\.") - 1
+    shared_box_head = torch.equal(
+        state_dict["bbox_embed.0.layers.0.weight"], state_dict[f"bbox_embed.{last}.layers.0.weight"]
+    )
+    return GroundingDinoConfig(
+        backbone_config=backbone,
+        text_config=BertConfig(**text),
+        d_model=d_model,
+        num_feature_levels=levels,
+        num_queries=int(state_dict["transformer.tgt_embed.weight"].shape[0]),
+        encoder_layers=_count(state_dict, r"transformer\.encoder\.layers\.(\d+)\."),
+        decoder_layers=_count(state_dict, r"transformer\.decoder\.layers\.(\d+)\."),
+        encoder_ffn_dim=int(state_dict["transformer.encoder.layers.0.linear1.weight"].shape[0]),
+        decoder_ffn_dim=int(state_dict["transformer.decoder.layers.0.linear1.weight"].shape[0]),
+        encoder_attention_heads=heads("transformer.encoder.layers.0.self_attn.attention_weights.weight"),
+        decoder_attention_heads=heads("transformer.decoder.layers.0.cross_attn.attention_weights.weight"),
+        encoder_n_points=points,
+        decoder_n_points=points,
+        decoder_bbox_embed_share=shared_box_head,
+    )
+
+
+def _rename_gdino(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state_dict.items():
+        if _GDINO_DROPPED.search(key):
+            continue
+        new = key
+        for pattern, replacement in _GDINO_RENAMES:
+            new = re.sub(pattern, replacement, new)
+        if m := re.match(r"BACKBONE_NORM_(\d)\.(.*)$", new):  # official norm{i} follows stage i+1
+            new = f"{_SWIN}.hidden_states_norms.stage{int(m.group(1)) + 1}.{m.group(2)}"
+        if m := re.match(r"(.*)\.(?:attention\.qkv\.|in_proj_)(weight|bias)$", new):
+            base, kind = m.groups()
+            names = ("q_proj", "k_proj", "v_proj") if ".attention.qkv." in new else ("query", "key", "value")
+            prefix = f"{base}.attention." if ".attention.qkv." in new else f"{base}."
+            for name, part in zip(names, value.chunk(3, dim=0), strict=True):
+                out[f"{prefix}{name}.{kind}"] = part.clone()
+            continue
+        out[new] = value
+    return out
+
+
+def _load_gdino(state_dict: Mapping[str, torch.Tensor], text_config: Any | None = None) -> Any:
+    from transformers import GroundingDinoForObjectDetection
+
+    config = _gdino_config(state_dict, text_config)
+    model = GroundingDinoForObjectDetection(config).eval()
+    renamed = _rename_gdino(state_dict)
+    own = model.state_dict()
+    for key in own:  # not in the official files, and never used on the backbone's output path
+        if _GDINO_UNUSED_TARGETS.match(key):
+            renamed[key] = own[key]
+    expected = set(own)
+    missing, unused = sorted(expected - set(renamed)), sorted(set(renamed) - expected)
+    if missing or unused:
+        raise CheckpointError(
+            f"checkpoint does not match the Grounding DINO layout: missing {missing[:5]}, unused {unused[:5]}"
+        )
+    wrong = [k for k in expected if renamed[k].shape != own[k].shape]
+    if wrong:
+        k = sorted(wrong)[0]
+        raise CheckpointError(
+            f"checkpoint tensor {k} has shape {tuple(renamed[k].shape)}, expected {tuple(own[k].shape)}"
+        )
+    model.load_state_dict(renamed, strict=True)
+    return model
+
+
+def _text_encoder(source: str | Path | None, checkpoint: str) -> tuple[Any, Any | None]:
+    """The BERT tokenizer (and config, when the source has one) for a Grounding DINO checkpoint."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    from grounded.sources import ModelSourceError, load_from_source
+
+    source = str(source or os.environ.get(TEXT_ENCODER_ENV) or DEFAULT_TEXT_ENCODER)
+    folder = Path(source).expanduser()
+    try:
+        if folder.is_dir():  # a tokenizer folder needs no model config.json
+            tokenizer = AutoTokenizer.from_pretrained(folder)
+            config = AutoConfig.from_pretrained(folder) if (folder / "config.json").is_file() else None
+        else:
+            tokenizer = load_from_source(AutoTokenizer.from_pretrained, source, "text encoder")
+            config = load_from_source(AutoConfig.from_pretrained, source, "text encoder")
+    except (ModelSourceError, OSError, ValueError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(
+            f"{checkpoint} is a Grounding DINO checkpoint: it holds the BERT text encoder's weights but not its "
+            f"tokenizer, which could not be loaded from {source!r} ({reason}). Download it on a connected "
+            f"machine (`hf download {DEFAULT_TEXT_ENCODER} --local-dir DIR`) and pass DIR as the text encoder "
+            f"(`grounded convert --text-encoder DIR`, or {TEXT_ENCODER_ENV}=DIR)"
+        ) from None
+    return tokenizer, config
+
+
 # ------------------------------------------------------------------------------------------------ entry points
-def convert_checkpoint(path: str | Path, out_dir: str | Path) -> Path:
-    """Convert an official checkpoint to a transformers-format folder (model + processor) at ``out_dir``."""
+def convert_checkpoint(path: str | Path, out_dir: str | Path, text_encoder: str | Path | None = None) -> Path:
+    """Convert an official checkpoint to a transformers-format folder (model + processor) at ``out_dir``.
+
+    ``text_encoder`` (Grounding DINO only): hub id or local folder of the BERT tokenizer the official files
+    leave out; default ``$GROUNDED_TEXT_ENCODER``, else ``bert-base-uncased``.
+    """
     from transformers import SamHQProcessor, SamImageProcessorPil, SamProcessor
 
     state_dict = read_state_dict(path)
     variant = detect_variant(state_dict)
-    model = _load_sam(state_dict, hq=variant == "sam_hq")
     out = Path(out_dir)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    model.save_pretrained(tmp)
-    size = int(model.config.vision_config.image_size)
-    # the PIL backend resizes exactly as the official ResizeLongestSide does (the torchvision one differs by
-    # up to 0.02 in normalised pixel values), so converted files give the official results
-    image_processor = SamImageProcessorPil(size={"longest_edge": size}, pad_size={"height": size, "width": size})
-    (SamHQProcessor if variant == "sam_hq" else SamProcessor)(
-        image_processor=image_processor
-    ).save_pretrained(tmp)
+    if variant.startswith("grounding_dino"):
+        from transformers import GroundingDinoImageProcessorPil, GroundingDinoProcessor
+
+        tokenizer, text_config = _text_encoder(text_encoder, Path(path).name)
+        model = _load_gdino(state_dict, text_config)
+        if len(tokenizer) != model.config.text_config.vocab_size:
+            raise CheckpointError(
+                f"the text encoder's tokenizer has {len(tokenizer)} tokens, the checkpoint's BERT embeds "
+                f"{model.config.text_config.vocab_size}: use the tokenizer the checkpoint was trained with"
+            )
+        model.save_pretrained(tmp)
+        # the official load_image resizes the PIL image (shorter side 800, longer at most 1333): the PIL
+        # backend does the same, so converted files see the pixels the official code sees
+        GroundingDinoProcessor(
+            image_processor=GroundingDinoImageProcessorPil(), tokenizer=tokenizer
+        ).save_pretrained(tmp)
+    else:
+        model = _load_sam(state_dict, hq=variant == "sam_hq")
+        model.save_pretrained(tmp)
+        size = int(model.config.vision_config.image_size)
+        # the PIL backend resizes exactly as the official ResizeLongestSide does (the torchvision one differs
+        # by up to 0.02 in normalised pixel values), so converted files give the official results
+        image_processor = SamImageProcessorPil(
+            size={"longest_edge": size}, pad_size={"height": size, "width": size}
+        )
+        (SamHQProcessor if variant == "sam_hq" else SamProcessor)(
+            image_processor=image_processor
+        ).save_pretrained(tmp)
     if out.exists():
         import shutil
 
@@ -199,12 +524,16 @@ def convert_checkpoint(path: str | Path, out_dir: str | Path) -> Path:
 
 
 def converted_folder(path: str | Path) -> Path:
-    """A cached transformers-format folder for an official checkpoint (converted on first use)."""
+    """A cached transformers-format folder for an official checkpoint (converted on first use).
+
+    Grounding DINO files take their tokenizer from ``$GROUNDED_TEXT_ENCODER`` (default ``bert-base-uncased``).
+    """
     path = Path(path)
     stat = path.stat()
-    digest = hashlib.blake2b(
-        f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode(), digest_size=8
-    ).hexdigest()
+    key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+    if os.environ.get(TEXT_ENCODER_ENV):  # the tokenizer is part of a converted Grounding DINO folder
+        key += f"|{os.environ[TEXT_ENCODER_ENV]}"
+    digest = hashlib.blake2b(key.encode(), digest_size=8).hexdigest()
     root = Path(os.environ.get("GROUNDED_CACHE", Path.home() / ".cache" / "grounded")) / "converted"
     folder = root / f"{path.stem}-{digest}"
     if not (folder / "config.json").is_file():
