@@ -89,12 +89,12 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     seg.add_argument("--multimask", action="store_true", help="3 masks per box, keep the best predicted IoU")
     seg.add_argument("--hq-token-only", action="store_true", help="HQ-SAM: use the HQ mask alone")
-
     seg.add_argument(
         "--granularity",
         choices=("best", "part", "whole"),
         help="which of SAM's masks a box keeps: best predicted IoU (default), the finest, or the coarsest",
     )
+
     run = sub.add_parser(
         "run",
         help="run a YAML pipeline",
@@ -123,7 +123,6 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     convert.add_argument("checkpoint", type=Path, help="the official .pth file")
     convert.add_argument("out_dir", type=Path, help="folder to write (replaced atomically if it exists)")
-
     convert.add_argument(
         "--text-encoder",
         default=None,
@@ -131,6 +130,7 @@ def _build_parser() -> argparse.ArgumentParser:
         help="Grounding DINO files (groundingdino_swint_ogc.pth, groundingdino_swinb_cogcoor.pth): the BERT "
         "tokenizer they leave out, a hub id or local folder (default: $GROUNDED_TEXT_ENCODER, else bert-base-uncased)",
     )
+
     demo = sub.add_parser(
         "demo",
         help="segment three skimage photos end to end",
@@ -196,6 +196,8 @@ def _segment_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         seg["multimask_output"] = True
     if args.hq_token_only:
         seg["hq_token_only"] = True
+    if args.granularity is not None:
+        seg["granularity"] = args.granularity
     return {k: v for k, v in (("detector", det), ("segmenter", seg)) if v}
 
 
@@ -205,8 +207,6 @@ def _parse_settings(settings: Sequence[str]) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for item in settings:
         key, eq, value = item.partition("=")
-    if args.granularity is not None:
-        seg["granularity"] = args.granularity
         node, dot, param = key.partition(".")
         if not eq or not dot or not node or not param:
             raise CliError(f"--set expects NODE.PARAM=VALUE, got {item!r}")
