@@ -21,6 +21,7 @@ COMMAND_MODULES: list[str] = [
     "grounded.evaluation.cli",
     "grounded.cli_edit",
     "grounded.cli_granularity",
+    "grounded.cli_annotate",
 ]
 
 

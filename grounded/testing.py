@@ -18,6 +18,7 @@ import torch
 
 __all__ = [
     "grounding_dino_config",
+    "make_blip",
     "make_grounding_dino",
     "make_sam",
     "make_sd_inpainting",
@@ -520,4 +521,62 @@ def make_sam3(path: str | Path, size: str = "tiny", seed: int = 0) -> Path:
     path = Path(path)
     model.save_pretrained(path)
     Sam3Processor(image_processor=image_processor, tokenizer=clip_tokenizer(32)).save_pretrained(path)
+    return path
+
+
+# ---------------------------------------------------------------------------- BLIP captioning (tagger)
+def make_blip(path: str | Path, seed: int = 0) -> Path:
+    """Save a tiny random-weight ``BlipForConditionalGeneration`` with its processor to ``path``.
+
+    Sized like transformers' own BLIP tests; the tokenizer is the offline BERT WordPiece one (``[CLS]`` stands
+    in for BLIP's ``[DEC]`` start token), so the random captions are words of :func:`wordpiece_vocab`.
+    """
+    from transformers import (
+        BlipConfig,
+        BlipForConditionalGeneration,
+        BlipImageProcessor,
+        BlipProcessor,
+        BlipTextConfig,
+        BlipVisionConfig,
+    )
+
+    torch.manual_seed(seed)
+    vocab = wordpiece_vocab()
+    text = BlipTextConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        encoder_hidden_size=32,
+        intermediate_size=37,
+        projection_dim=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=64,
+        bos_token_id=vocab["[CLS]"],
+        eos_token_id=vocab["[SEP]"],
+        sep_token_id=vocab["[SEP]"],
+        pad_token_id=vocab["[PAD]"],
+    )
+    vision = BlipVisionConfig(
+        image_size=32,
+        patch_size=8,
+        hidden_size=32,
+        intermediate_size=37,
+        projection_dim=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+    )
+    model = BlipForConditionalGeneration(
+        BlipConfig(text_config=text.to_dict(), vision_config=vision.to_dict(), projection_dim=32)
+    ).eval()
+    with torch.no_grad():  # captions of real words only: the filler tokens can never be generated
+        bias = model.text_decoder.cls.predictions.bias
+        for token, index in vocab.items():
+            if token.startswith(("[unused", "##")) or (len(token) == 1 and not token.isalpha()):
+                bias[index] = -1e4
+    path = Path(path)
+    model.save_pretrained(path)
+    processor = BlipProcessor(
+        image_processor=BlipImageProcessor(size={"height": 32, "width": 32}), tokenizer=_tokenizer(None)
+    )
+    processor.save_pretrained(path)
     return path
