@@ -17,7 +17,8 @@ from grounded.engine import Adapter, register_adapter
 from grounded.granularity import Levels, LevelSelection, order_levels, select_levels
 from grounded.images import LoadedImage
 from grounded.runtime import autocast, check_precision, pick_device
-from grounded.sources import ModelSourceError, load_from_source
+from grounded.sources import ModelSourceError, load_from_source, resolve_source
+from grounded.tinyvit import is_tinyvit_config, load_tinyvit_sam
 
 __all__ = ["SAM", "SAM2", "SAMHQ", "ImageEmbedding"]
 
@@ -126,7 +127,10 @@ class SAM(Adapter):
             _log.warning("hq_token_only has no effect: %s is plain SAM, not HQ-SAM", source)
         load_processor = functools.partial(AutoProcessor.from_pretrained, **self._processor_options())
         processor = load_from_source(load_processor, source, "segmenter")
-        model = load_from_source(AutoModel.from_pretrained, source, "segmenter")
+        if is_tinyvit_config(config):  # MobileSAM / Light HQ-SAM: our TinyViT port inside SamModel
+            model = load_tinyvit_sam(resolve_source(source, "segmenter")[0])
+        else:
+            model = load_from_source(AutoModel.from_pretrained, source, "segmenter")
         if config.model_type == "sam_hq":
             fix_sam_hq_decoder(model)  # transformers' SAM-HQ decoder differs from the official one
         self.device = device

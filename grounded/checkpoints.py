@@ -40,7 +40,8 @@ class CheckpointError(ValueError):
 
 
 _KNOWN = (
-    "SAM (segment-anything: sam_vit_{b,l,h}_*.pth) or HQ-SAM (sam-hq: sam_hq_vit_{b,l,h}.pth), or Grounding "
+    "SAM (segment-anything: sam_vit_{b,l,h}_*.pth) or HQ-SAM (sam-hq: sam_hq_vit_{b,l,h}.pth), their TinyViT "
+    "versions (MobileSAM: mobile_sam.pt; Light HQ-SAM: sam_hq_vit_tiny.pth), or Grounding "
     "DINO (GroundingDINO: groundingdino_swint_ogc.pth, groundingdino_swinb_cogcoor.pth)"
 )
 
@@ -70,11 +71,14 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def detect_variant(state_dict: Mapping[str, torch.Tensor]) -> str:
-    """``"sam"``, ``"sam_hq"``, ``"grounding_dino_swin_t"``, ``"grounding_dino_swin_b"`` or
-    ``"grounding_dino_swin"`` (another Swin size), from the keys and shapes; a clear error for anything else."""
+    """``"sam"``, ``"sam_hq"``, ``"sam_tinyvit"`` (MobileSAM), ``"sam_hq_tinyvit"`` (Light HQ-SAM),
+    ``"grounding_dino_swin_t"``, ``"grounding_dino_swin_b"`` or ``"grounding_dino_swin"`` (another Swin size),
+    from the keys and shapes; a clear error for anything else."""
     keys = set(state_dict)
     if "image_encoder.patch_embed.proj.weight" in keys and "mask_decoder.iou_token.weight" in keys:
         return "sam_hq" if "mask_decoder.hf_token.weight" in keys else "sam"
+    if "image_encoder.patch_embed.seq.0.c.weight" in keys and "mask_decoder.iou_token.weight" in keys:
+        return "sam_hq_tinyvit" if "mask_decoder.hf_token.weight" in keys else "sam_tinyvit"
     if {
         "backbone.0.patch_embed.proj.weight",
         "transformer.level_embed",
@@ -201,6 +205,47 @@ def _load_sam(state_dict: Mapping[str, torch.Tensor], hq: bool) -> Any:
         )
     model.load_state_dict(renamed, strict=True)
     return model
+
+
+# TinyViT image encoders (MobileSAM, Light HQ-SAM): the ImageNet classifier head is never used by SAM, and
+# attention-bias index tables are recomputed (older TinyViT code saved them)
+_TINYVIT_DROPPED = re.compile(r"^image_encoder\.(norm_head|head)\.|\.attention_bias_idxs$")
+
+
+def _load_sam_tinyvit(state_dict: Mapping[str, torch.Tensor], hq: bool) -> Any:
+    """MobileSAM / Light HQ-SAM: our TinyViT port as ``vision_encoder`` (keys 1:1 under the new prefix), the
+    prompt encoder and mask decoder renamed as for SAM / HQ-SAM; loaded strictly."""
+    from grounded.tinyvit import build_tinyvit_sam, tinyvit_config_from_state_dict
+
+    try:
+        encoder_config = tinyvit_config_from_state_dict(state_dict)
+    except (KeyError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint does not match the TinyViT encoder layout: {exc}") from None
+    vit_dim = int(state_dict["mask_decoder.compress_vit_feat.0.weight"].shape[0]) if hq else None
+    model = build_tinyvit_sam(encoder_config, hq, vit_dim)
+    encoder = {
+        "vision_encoder." + k[len("image_encoder.") :]: v
+        for k, v in state_dict.items()
+        if k.startswith("image_encoder.") and not _TINYVIT_DROPPED.search(k)
+    }
+    renamed = _rename_sam({k: v for k, v in state_dict.items() if not k.startswith("image_encoder.")})
+    renamed.update(encoder)
+    own = model.state_dict()
+    expected = set(own)
+    missing, unused = sorted(expected - set(renamed)), sorted(set(renamed) - expected)
+    name = "Light HQ-SAM" if hq else "MobileSAM"
+    if missing or unused:
+        raise CheckpointError(
+            f"checkpoint does not match the {name} (TinyViT) layout: missing {missing[:5]}, unused {unused[:5]}"
+        )
+    wrong = sorted(k for k in expected if renamed[k].shape != own[k].shape)
+    if wrong:
+        raise CheckpointError(
+            f"checkpoint tensor {wrong[0]} has shape {tuple(renamed[wrong[0]].shape)}, expected "
+            f"{tuple(own[wrong[0]].shape)} ({name} layout)"
+        )
+    model.load_state_dict(renamed, strict=True)
+    return model.eval()
 
 
 # ------------------------------------------------------------------------------------------------ Grounding DINO
@@ -478,6 +523,9 @@ def _text_encoder(source: str | Path | None, checkpoint: str) -> tuple[Any, Any 
 def convert_checkpoint(path: str | Path, out_dir: str | Path, text_encoder: str | Path | None = None) -> Path:
     """Convert an official checkpoint to a transformers-format folder (model + processor) at ``out_dir``.
 
+    MobileSAM / Light HQ-SAM (TinyViT encoder, which transformers lacks) give a folder that grounded's SAM
+    adapter loads (:mod:`grounded.tinyvit`: config.json + ``tinyvit_sam.safetensors``), not plain ``AutoModel``.
+
     ``text_encoder`` (Grounding DINO only): hub id or local folder of the BERT tokenizer the official files
     leave out; default ``$GROUNDED_TEXT_ENCODER``, else ``bert-base-uncased``.
     """
@@ -504,17 +552,22 @@ def convert_checkpoint(path: str | Path, out_dir: str | Path, text_encoder: str 
             image_processor=GroundingDinoImageProcessorPil(), tokenizer=tokenizer
         ).save_pretrained(tmp)
     else:
-        model = _load_sam(state_dict, hq=variant == "sam_hq")
-        model.save_pretrained(tmp)
+        hq = variant.startswith("sam_hq")
+        if variant.endswith("_tinyvit"):  # no transformers TinyViT: our port, rebuilt by the SAM adapter
+            from grounded.tinyvit import save_tinyvit_sam
+
+            model = _load_sam_tinyvit(state_dict, hq=hq)
+            save_tinyvit_sam(model, tmp)
+        else:
+            model = _load_sam(state_dict, hq=hq)
+            model.save_pretrained(tmp)
         size = int(model.config.vision_config.image_size)
         # the PIL backend resizes exactly as the official ResizeLongestSide does (the torchvision one differs
         # by up to 0.02 in normalised pixel values), so converted files give the official results
         image_processor = SamImageProcessorPil(
             size={"longest_edge": size}, pad_size={"height": size, "width": size}
         )
-        (SamHQProcessor if variant == "sam_hq" else SamProcessor)(
-            image_processor=image_processor
-        ).save_pretrained(tmp)
+        (SamHQProcessor if hq else SamProcessor)(image_processor=image_processor).save_pretrained(tmp)
     if out.exists():
         import shutil
 
