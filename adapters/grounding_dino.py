@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import bisect
-import functools
 import itertools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ from grounded.images import LoadedImage
 from grounded.phrases import Reduction, class_scores, matched_phrase, positive_map
 from grounded.prompts import Caption, Prompt, PromptError, build_caption, chunk_classes
 from grounded.runtime import autocast, check_precision, pick_device
-from grounded.sources import ModelSourceError, load_from_source
+from grounded.sources import load_model_and_processor
 
 __all__ = ["GroundingDINO", "MMGroundingDINO"]
 
@@ -136,24 +135,19 @@ class GroundingDINO(PromptedDetector):
     def warm_up(self) -> None:
         if self._model is not None:
             return
-        from transformers import AutoConfig, AutoModelForZeroShotObjectDetection, AutoProcessor
+        from transformers import AutoModelForZeroShotObjectDetection
 
-        source = self._params["model"]
         device = pick_device(self._device_name, self.precision)
-        config = load_from_source(AutoConfig.from_pretrained, source, "detector")
-        if config.model_type not in self.model_types:
-            raise ModelSourceError(
-                f"detector {source!r} is a {config.model_type!r} model; "
-                f"the {self.registry_name} adapter takes {' or '.join(self.model_types)}"
-            )
-        backend = {"backend": self.image_backend} if self.image_backend else {}
-        processor = load_from_source(
-            functools.partial(AutoProcessor.from_pretrained, **backend), source, "detector"
+        self._processor, model = load_model_and_processor(
+            self._params["model"],
+            "detector",
+            self.model_types,
+            self.registry_name,
+            AutoModelForZeroShotObjectDetection.from_pretrained,
+            {"backend": self.image_backend} if self.image_backend else None,
         )
-        model = load_from_source(AutoModelForZeroShotObjectDetection.from_pretrained, source, "detector")
         self.device = device
-        self._processor = processor
-        self._model = model.to(self.device).eval()
+        self._model = model.to(device)
 
     @property
     def max_text_len(self) -> int:

@@ -15,7 +15,7 @@ from grounded.engine import register_adapter
 from grounded.images import LoadedImage
 from grounded.prompts import Prompt, PromptError
 from grounded.runtime import autocast, check_precision, pick_device
-from grounded.sources import ModelSourceError, load_from_source
+from grounded.sources import load_model_and_processor
 
 __all__ = ["OWLv2"]
 
@@ -73,19 +73,18 @@ class OWLv2(PromptedDetector):
     def warm_up(self) -> None:
         if self._model is not None:
             return
-        from transformers import AutoConfig, AutoModelForZeroShotObjectDetection, AutoProcessor
+        from transformers import AutoModelForZeroShotObjectDetection
 
-        source = self._params["model"]
         device = pick_device(self._device_name, self.precision)
-        config = load_from_source(AutoConfig.from_pretrained, source, "detector")
-        if config.model_type not in self.model_types:
-            raise ModelSourceError(
-                f"detector {source!r} is a {config.model_type!r} model; the owlv2 adapter takes owlv2"
-            )
-        self._processor = load_from_source(AutoProcessor.from_pretrained, source, "detector")
-        model = load_from_source(AutoModelForZeroShotObjectDetection.from_pretrained, source, "detector")
+        self._processor, model = load_model_and_processor(
+            self._params["model"],
+            "detector",
+            self.model_types,
+            "owlv2",
+            AutoModelForZeroShotObjectDetection.from_pretrained,
+        )
         self.device = device
-        self._model = model.to(device).eval()
+        self._model = model.to(device)
 
     def _check_lengths(self, classes: Sequence[str]) -> None:
         """OWLv2's text encoder reads 16 tokens: refuse longer queries instead of truncating them silently."""

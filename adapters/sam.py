@@ -17,7 +17,7 @@ from grounded.engine import Adapter, register_adapter
 from grounded.granularity import Levels, LevelSelection, order_levels, select_levels
 from grounded.images import LoadedImage
 from grounded.runtime import autocast, check_precision, pick_device
-from grounded.sources import ModelSourceError, load_from_source, resolve_source
+from grounded.sources import ModelSourceError, load_config_checked, load_from_source, resolve_source
 from grounded.tinyvit import is_tinyvit_config, load_tinyvit_sam
 
 __all__ = ["SAM", "SAM2", "SAMHQ", "ImageEmbedding"]
@@ -109,16 +109,11 @@ class SAM(Adapter):
     def warm_up(self) -> None:
         if self._model is not None:
             return
-        from transformers import AutoConfig, AutoModel, AutoProcessor
+        from transformers import AutoModel, AutoProcessor
 
         source = self._params["model"]
         device = pick_device(self._device_name, self.precision)
-        config = load_from_source(AutoConfig.from_pretrained, source, "segmenter")
-        if config.model_type not in self.model_types:
-            raise ModelSourceError(
-                f"segmenter {source!r} is a {config.model_type!r} model; "
-                f"the {self.registry_name} adapter takes {' or '.join(self.model_types)}"
-            )
+        config = load_config_checked(source, "segmenter", self.model_types, self.registry_name)
         if self.expects_hq and config.model_type != "sam_hq":
             raise ModelSourceError(
                 f"segmenter {source!r} is plain SAM; the sam_hq adapter needs an HQ-SAM model"

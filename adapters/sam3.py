@@ -14,7 +14,7 @@ from grounded.engine import register_adapter
 from grounded.images import LoadedImage
 from grounded.prompts import Prompt, PromptError
 from grounded.runtime import autocast, check_precision, pick_device
-from grounded.sources import ModelSourceError, load_from_source
+from grounded.sources import load_model_and_processor
 
 __all__ = ["SAM3"]
 
@@ -83,19 +83,14 @@ class SAM3(PromptedDetector):
     def warm_up(self) -> None:
         if self._model is not None:
             return
-        from transformers import AutoConfig, AutoProcessor, Sam3Model
+        from transformers import Sam3Model
 
-        source = self._params["model"]
         device = pick_device(self._device_name, self.precision)
-        config = load_from_source(AutoConfig.from_pretrained, source, "SAM 3 model")
-        if config.model_type not in self.model_types:
-            raise ModelSourceError(
-                f"{source!r} is a {config.model_type!r} model; the sam3 adapter takes sam3"
-            )
-        self._processor = load_from_source(AutoProcessor.from_pretrained, source, "SAM 3 model")
-        model: Any = load_from_source(Sam3Model.from_pretrained, source, "SAM 3 model")
+        self._processor, model = load_model_and_processor(
+            self._params["model"], "SAM 3 model", self.model_types, "sam3", Sam3Model.from_pretrained
+        )
         self.device = device
-        self._model = model.to(device).eval()
+        self._model = model.to(device)
 
     def _tokenize(self, classes: Sequence[str]) -> dict[str, torch.Tensor]:
         limit = int(self._model.config.text_config.max_position_embeddings)

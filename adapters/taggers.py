@@ -14,7 +14,7 @@ from grounded.images import LoadedImage
 from grounded.phrases_nlp import noun_phrases
 from grounded.prompts import Prompt
 from grounded.runtime import autocast, check_precision, pick_device
-from grounded.sources import ModelSourceError, load_from_source
+from grounded.sources import load_model_and_processor
 
 __all__ = ["BlipTagger"]
 
@@ -87,20 +87,18 @@ class BlipTagger(Adapter):
     def warm_up(self) -> None:
         if self._model is not None:
             return
-        from transformers import AutoConfig, AutoProcessor, BlipForConditionalGeneration
+        from transformers import BlipForConditionalGeneration
 
-        source = self._params["model"]
         device = pick_device(self._device_name, self.precision)
-        config = load_from_source(AutoConfig.from_pretrained, source, "tagger")
-        if config.model_type not in self.model_types:
-            raise ModelSourceError(
-                f"tagger {source!r} is a {config.model_type!r} model; the blip adapter takes a BLIP captioner"
-            )
-        processor = load_from_source(AutoProcessor.from_pretrained, source, "tagger")
-        model: Any = load_from_source(BlipForConditionalGeneration.from_pretrained, source, "tagger")
+        self._processor, model = load_model_and_processor(
+            self._params["model"],
+            "tagger",
+            self.model_types,
+            "blip",
+            BlipForConditionalGeneration.from_pretrained,
+        )
         self.device = device
-        self._processor = processor
-        self._model = model.to(device).eval()
+        self._model = model.to(device)
 
     @torch.inference_mode()
     def caption(self, images: Sequence[LoadedImage]) -> list[str]:

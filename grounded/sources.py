@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 from urllib.parse import urlparse
 
-__all__ = ["ModelSourceError", "load_from_source", "resolve_source"]
+__all__ = [
+    "ModelSourceError",
+    "load_config_checked",
+    "load_from_source",
+    "load_model_and_processor",
+    "resolve_source",
+]
 
 T = TypeVar("T")
 _CHECKPOINT_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".safetensors")
@@ -100,3 +107,34 @@ def load_from_source(loader: Callable[..., T], source: str | Path, what: str) ->
     except (OSError, ValueError, KeyError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelSourceError(f"could not load {what} from {name!r}: {reason}") from exc
+
+
+def load_config_checked(source: str | Path, what: str, model_types: tuple[str, ...], adapter: str) -> Any:
+    """The model's config, refusing a model of another family with one clear line."""
+    from transformers import AutoConfig
+
+    config = load_from_source(AutoConfig.from_pretrained, source, what)
+    if config.model_type not in model_types:
+        raise ModelSourceError(
+            f"{what} {str(source)!r} is a {config.model_type!r} model; the {adapter} adapter takes "
+            f"{' or '.join(model_types)}"
+        )
+    return config
+
+
+def load_model_and_processor(
+    source: str | Path,
+    what: str,
+    model_types: tuple[str, ...],
+    adapter: str,
+    model_loader: Callable[..., Any],
+    processor_options: dict[str, Any] | None = None,
+) -> tuple[Any, Any]:
+    """``(processor, model)`` of a checked model family, both from the same source; the model in eval mode."""
+    from transformers import AutoProcessor
+
+    load_config_checked(source, what, model_types, adapter)
+    load_processor = functools.partial(AutoProcessor.from_pretrained, **(processor_options or {}))
+    processor = load_from_source(load_processor, source, what)
+    model = load_from_source(model_loader, source, what)
+    return processor, model.eval()
