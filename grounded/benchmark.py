@@ -59,12 +59,20 @@ def run_benchmark(
     precision: str = "fp32",
     small: bool = False,
     boxes: int = 5,
+    batch_sizes: tuple[int, ...] = (),
 ) -> dict[str, float]:
-    """Print and return the median seconds of each stage for one ``skimage.data`` image."""
+    """Print and return the median seconds of each stage for one ``skimage.data`` image.
+
+    Stage times run with the image-embedding cache off. Then: a new prompt on an image whose SAM embedding is
+    cached, images per second for each of ``batch_sizes`` (distinct images of the same size), peak memory.
+    """
+    import resource
+
+    import numpy as np
     from skimage import data
 
     from grounded.adapters import SAM, GroundingDINO
-    from grounded.images import load_image
+    from grounded.images import LoadedImage, load_image
 
     detector_dir, segmenter_dir = _models(small)
     picture = load_image(getattr(data, image)(), name=image)
@@ -76,7 +84,7 @@ def run_benchmark(
         precision=precision,
         device="cpu",
     )
-    segmenter = SAM(model=str(segmenter_dir), precision=precision, device="cpu")
+    segmenter = SAM(model=str(segmenter_dir), precision=precision, device="cpu", cache_size=0)
     times: dict[str, float] = {}
     start = time.perf_counter()
     detector.warm_up()
@@ -92,6 +100,26 @@ def run_benchmark(
     times["end to end (detect + segment)"], _ = _time(
         lambda: segmenter.segment([picture], detector.detect([picture], prompt)), repeats
     )
+    # the same image with a new prompt: SAM's embedding comes from the cache, the detector runs again
+    segmenter.cache_size = 8
+    segmenter.encode([picture])
+    other_prompt = "sky . glove"
+    times["same image, new prompt (SAM embedding cached)"], _ = _time(
+        lambda: segmenter.segment([picture], detector.detect([picture], other_prompt)), repeats
+    )
+    segmenter.cache_size = 0
+    segmenter._cache.clear()
+    throughput: dict[int, float] = {}
+    for size in batch_sizes:  # distinct images (shifted copies) of one size, one batch through both stages
+        batch = [
+            LoadedImage(np.ascontiguousarray(np.roll(picture.pixels, k, axis=1)), f"{image}{k}")
+            for k in range(size)
+        ]
+        detector.batch_size = segmenter.batch_size = size
+        start = time.perf_counter()
+        segmenter.segment(batch, detector.detect(batch, prompt))
+        throughput[size] = size / (time.perf_counter() - start)
+    peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     height, width = picture.size
     print(
         f"\ngrounded bench: {'tiny' if small else 'Grounding DINO Swin-T + SAM ViT-B'} (random weights), "
@@ -104,4 +132,14 @@ def run_benchmark(
     print(f"{'stage':52s} {'seconds':>9s}")
     for stage, seconds in times.items():
         print(f"{stage:52s} {seconds:9.3f}")
+    first, again = (
+        times["end to end (detect + segment)"],
+        times["same image, new prompt (SAM embedding cached)"],
+    )
+    print(f"new prompt on a cached image: {again / first:.0%} of the first call's time")
+    for size, per_second in throughput.items():
+        print(f"batch {size}: {per_second:.3f} images/s (end to end)")
+    print(f"peak resident memory: {peak_gib:.2f} GiB")
+    times.update({f"images/s at batch {k}": v for k, v in throughput.items()})
+    times["peak memory GiB"] = peak_gib
     return times

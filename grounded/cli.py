@@ -156,6 +156,12 @@ def _build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--small", action="store_true", help="tiny models (a smoke run of the benchmark itself)"
     )
+    bench.add_argument(
+        "--batch-sizes",
+        default="",
+        metavar="N,N,...",
+        help="also measure images/s at these batch sizes, e.g. 1,2,4",
+    )
     for module in COMMAND_MODULES:
         importlib.import_module(module).add_parser(sub)
     return parser
@@ -408,6 +414,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 repeats=args.repeats,
                 precision=args.precision,
                 small=args.small,
+                batch_sizes=tuple(int(v) for v in args.batch_sizes.split(",") if v.strip()),
             )
             return EXIT_OK
         from grounded.api import build_pipeline
