@@ -6,6 +6,7 @@ from grounded.adapters.mask_ops import MaskOps  # noqa: F401  (registers mask_op
 from grounded.adapters.owlv2 import OWLv2
 from grounded.adapters.sam import SAM, SAM2, SAMHQ
 from grounded.adapters.sam3 import SAM3
+from grounded.adapters.semantic_sam import SemanticSAM
 from grounded.adapters.taggers import BlipTagger  # noqa: F401  (registers blip)
 
-__all__ = ["SAM", "SAM2", "SAM3", "SAMHQ", "GroundingDINO", "MMGroundingDINO", "OWLv2"]
+__all__ = ["SAM", "SAM2", "SAM3", "SAMHQ", "GroundingDINO", "MMGroundingDINO", "OWLv2", "SemanticSAM"]

@@ -41,10 +41,33 @@ def add_parser(sub: Any) -> None:
         "--box", action="append", default=[], metavar="X0,Y0,X1,Y1", help="a box in pixels (repeatable)"
     )
     p.add_argument(
-        "--segmenter", default="facebook/sam-vit-base", help="SAM / HQ-SAM / SAM 2 hub id, folder or .pth"
+        "--segmenter",
+        default=None,
+        help="SAM / HQ-SAM / SAM 2 hub id, folder or .pth (default facebook/sam-vit-base); for Semantic-SAM "
+        "an official .pth (swint_only_sam_many2many.pth, swinl_only_sam_many2many.pth) or a converted folder",
     )
-    p.add_argument("--adapter", choices=("sam", "sam_hq", "sam2"), default="sam", help="segmenter family")
+    p.add_argument(
+        "--adapter", choices=("sam", "sam_hq", "sam2", "semantic_sam"), default="sam", help="segmenter family"
+    )
+    p.add_argument(
+        "--image-size", type=int, default=640, help="semantic_sam: short side the image is resized to (640)"
+    )
     p.add_argument("--levels", default="all", help="all (default), part, whole, or level numbers such as 1,3")
+    p.add_argument(
+        "--everything",
+        action="store_true",
+        help="segment the whole image at one --level from a grid of clicks (no --point / --box)",
+    )
+    p.add_argument("--level", type=int, default=1, help="with --everything: the level (1 = finest)")
+    p.add_argument(
+        "--points-per-side", type=int, default=32, help="with --everything: grid size (default 32)"
+    )
+    p.add_argument(
+        "--pred-iou-thresh",
+        type=float,
+        default=0.88,
+        help="with --everything: drop masks whose predicted IoU is below this (default 0.88)",
+    )
     p.add_argument("--out", "-o", type=Path, required=True, help="output folder")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, ...")
     p.set_defaults(handler=run)
@@ -92,14 +115,87 @@ def draw_levels(
     return np.asarray(image)
 
 
+def _labels_of(levels: Any, k: int) -> dict[str, Any]:
+    """The object / part label of level ``k`` when the segmenter labels its masks (Semantic-SAM with a vocabulary)."""
+    out: dict[str, Any] = {}
+    if getattr(levels, "labels", ()):
+        out["label"], out["label_score"] = levels.labels[k], round(levels.label_scores[k], 6)
+    if any(getattr(levels, "part_labels", ())):
+        out["part_label"], out["part_score"] = levels.part_labels[k], round(levels.part_scores[k], 6)
+    return out
+
+
+def _segmenter(args: argparse.Namespace) -> Any:
+    from grounded.adapters import SAM, SAM2, SAMHQ
+    from grounded.adapters.semantic_sam import SemanticSAM
+    from grounded.cli import CliError
+
+    if args.adapter == "semantic_sam":
+        if not args.segmenter:
+            raise CliError("--adapter semantic_sam needs --segmenter: an official .pth or a converted folder")
+        return SemanticSAM(model=args.segmenter, image_size=args.image_size, device=args.device)
+    return {"sam": SAM, "sam_hq": SAMHQ, "sam2": SAM2}[args.adapter](
+        model=args.segmenter or "facebook/sam-vit-base", device=args.device
+    )
+
+
+def _run_everything(args: argparse.Namespace) -> int:
+    import json
+
+    from grounded.cli import CliError
+    from grounded.export import atomic_write_bytes, atomic_write_text, encode_png
+    from grounded.granularity_auto import segment_everything
+    from grounded.images import load_image
+
+    if args.point or args.box:
+        raise CliError("--everything uses a grid of clicks: give no --point / --box")
+    if args.level < 1 or args.points_per_side < 1:
+        raise CliError("--level and --points-per-side must be at least 1")
+    image = load_image(args.image)
+    try:
+        det = segment_everything(
+            _segmenter(args),
+            image,
+            args.level,
+            points_per_side=args.points_per_side,
+            pred_iou_thresh=args.pred_iou_thresh,
+        )
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    height, width = image.size
+    canvas = image.pixels.astype(np.float32).copy()
+    rng = np.random.default_rng(0)
+    masks = det.masks.cpu().numpy() if det.masks is not None else np.zeros((0, height, width), bool)
+    for k in np.argsort(
+        -masks.reshape(len(masks), -1).sum(1), kind="stable"
+    ):  # largest first, smaller on top
+        canvas[masks[k]] = 0.45 * canvas[masks[k]] + 0.55 * rng.integers(0, 256, 3)
+    args.out.mkdir(parents=True, exist_ok=True)
+    name = args.image.stem
+    atomic_write_bytes(
+        args.out / f"{name}_level{args.level}.png", encode_png(canvas.round().clip(0, 255).astype(np.uint8))
+    )
+    doc = {
+        "image": {"file_name": args.image.name, "height": height, "width": width},
+        "level": args.level,
+        "points_per_side": args.points_per_side,
+        "detections": det.to_coco_records(),
+    }
+    atomic_write_text(args.out / f"{name}_level{args.level}.json", json.dumps(doc))
+    print(f"grounded: {len(det)} mask(s) at level {args.level}", file=sys.stderr)
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from grounded.adapters import SAM, SAM2, SAMHQ
     from grounded.cli import CliError
     from grounded.export import atomic_write_bytes, atomic_write_text, encode_png
     from grounded.images import load_image
     from grounded.rle import encode_masks
+
+    if args.everything:
+        return _run_everything(args)
 
     try:
         points = [_pairs(t, 2, "--point") for t in args.point]
@@ -114,9 +210,7 @@ def run(args: argparse.Namespace) -> int:
     for x, y, *_ in points + boxes:
         if not (0 <= x <= width and 0 <= y <= height):
             raise CliError(f"prompt {x:g},{y:g} lies outside the {width}x{height} image")
-    segmenter = {"sam": SAM, "sam_hq": SAMHQ, "sam2": SAM2}[args.adapter](
-        model=args.segmenter, device=args.device
-    )
+    segmenter = _segmenter(args)
     results = segmenter.predict_levels(
         image,
         points=torch.tensor(points) if points else None,
@@ -135,8 +229,9 @@ def run(args: argparse.Namespace) -> int:
                 "point" if points else "box": prompt,
                 "levels": [
                     {"level": lv, "area": area, "score": round(float(score), 6), "segmentation": rle}
-                    for lv, area, score, rle in zip(
-                        r.levels, r.areas, r.scores.tolist(), encode_masks(r.masks), strict=True
+                    | _labels_of(r, k)
+                    for k, (lv, area, score, rle) in enumerate(
+                        zip(r.levels, r.areas, r.scores.tolist(), encode_masks(r.masks), strict=True)
                     )
                 ],
                 "containment": [round(c, 6) for c in r.containment],
