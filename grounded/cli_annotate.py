@@ -3,13 +3,15 @@
 The classes come from a fixed ontology (``--classes "person, dog"`` or ``"car: automobile, sedan; person"``)
 or from a tagger (``--tagger blip``: each image's caption's noun phrases). Each image's result is committed to
 ``OUT/manifest.sqlite`` as soon as it is known, so the same command resumes an interrupted run, and the dataset
-files are written from the manifest at the end, identical to those of an uninterrupted run.
+files are written from the manifest at the end, identical to those of an uninterrupted run. ``--engine ray``
+runs the same batches on Ray Data actors (grounded/annotate_ray.py) and writes the same files.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections import deque
 from collections.abc import Sequence
@@ -19,10 +21,22 @@ from typing import Any
 
 from grounded.cli import EXIT_IMAGE_ERRORS, EXIT_OK, CliError
 
-__all__ = ["add_parser", "collect_images", "handler"]
+__all__ = [
+    "add_parser",
+    "collect_images",
+    "commit_outcome",
+    "handler",
+    "pending_chunks",
+    "progress_bar",
+    "read_image_list",
+    "run_chunk",
+]
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"})
+LIST_SUFFIXES = frozenset({".parquet", ".jsonl"})
 _NOT_FINGERPRINTED = ("batch_size", "device")  # may change between a run and its resume
+# One image's outcome: its key, its result (or the one-line error) and the line to print for an error.
+Outcome = tuple[str, dict[str, Any] | str, str | None]
 
 
 def add_parser(subparsers: Any) -> None:
@@ -35,7 +49,13 @@ def add_parser(subparsers: Any) -> None:
         "same files an uninterrupted run would. Bad images are listed in the manifest and never stop the run "
         "(exit code 1 at the end).",
     )
-    p.add_argument("inputs", nargs="+", type=Path, help="image folders (searched recursively) or image files")
+    p.add_argument(
+        "inputs",
+        nargs="+",
+        type=Path,
+        help="image folders (searched recursively), image files, or .parquet / .jsonl lists of image paths "
+        "(column or field `path`, optional `key`; relative paths are relative to the list's folder)",
+    )
     p.add_argument("--out", "-o", type=Path, required=True, help="dataset folder (created if missing)")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument(
@@ -43,7 +63,11 @@ def add_parser(subparsers: Any) -> None:
         help='the ontology: "person, dog, bicycle", or per-class prompts "car: automobile, sedan; person", '
         "or a .txt/.yaml file with one `class: prompt, prompt` per line",
     )
-    source.add_argument("--tagger", choices=("blip",), help="tag each image from its caption (BLIP)")
+    source.add_argument(
+        "--tagger",
+        choices=("blip", "ram"),
+        help="tag each image: the noun phrases of its BLIP caption, or its RAM / RAM++ tags",
+    )
     p.add_argument(
         "--format", default="coco", help="comma-separated dataset formats: coco, yolo, voc (default: coco)"
     )
@@ -55,11 +79,15 @@ def add_parser(subparsers: Any) -> None:
         help="fraction of images in the val split (chosen by a hash of the file name; default 0: train only)",
     )
     p.add_argument(
-        "--pipeline", help="bundled pipeline name or YAML path (default: grounded_sam, or blip_grounded_sam)"
+        "--pipeline",
+        help="bundled pipeline name or YAML path (default: grounded_sam, or TAGGER_grounded_sam with --tagger)",
     )
     p.add_argument("--detector", help="detector hub id or local folder")
     p.add_argument("--segmenter", help="segmenter hub id or local folder")
-    p.add_argument("--tagger-model", help="BLIP captioner hub id or local folder")
+    p.add_argument(
+        "--tagger-model",
+        help="BLIP: hub id or local folder; RAM: ram_swin_large_14m.pth, ram_plus_swin_large_14m.pth or a folder",
+    )
     p.add_argument("--box-threshold", type=float, help="minimum class score of a box (default 0.35)")
     p.add_argument("--text-threshold", type=float, help="token score delimiting the phrase (default 0.25)")
     p.add_argument("--top-k", type=int, help="at most this many detections per image (default 100)")
@@ -69,6 +97,20 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:1, ...")
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default=None, help="numeric precision")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--engine",
+        choices=("local", "ray"),
+        default="local",
+        help="local (default): this process; ray: Ray Data actors, one per GPU (or --ray-actors CPU actors)",
+    )
+    p.add_argument(
+        "--ray-address", help="Ray cluster to join (default: RAY_ADDRESS, or a new local Ray instance)"
+    )
+    p.add_argument(
+        "--ray-actors",
+        type=int,
+        help="model actors (default: one per GPU of the cluster, or 1 CPU actor when it has no GPU)",
+    )
     p.set_defaults(handler=handler)
 
 
@@ -96,11 +138,81 @@ def collect_images(inputs: Sequence[Path], exclude: Path | None = None) -> dict[
                     continue
                 if path.is_file():
                     add(rel.as_posix(), path)
+        elif item.suffix.lower() in LIST_SUFFIXES and item.is_file():
+            for key, path in read_image_list(item):
+                add(key, path)
         elif item.exists() or item.suffix.lower() in IMAGE_SUFFIXES:
             add(item.name, item)  # a missing file is kept: it is reported as a failed image
         else:
-            raise CliError(f"{item}: no such folder or image file")
+            raise CliError(f"{item}: no such folder, image file or .parquet/.jsonl list")
     return dict(sorted(found.items()))
+
+
+def _list_entry(base: Path, path: str, key: str | None) -> tuple[str, Path]:
+    """A list entry's key and file: ``key`` as given, else the path relative to the list's folder
+    (or the file name when the path lies outside it)."""
+    file = Path(path)
+    # normalised, not resolved: "sub/../a.png" is "a.png", and a symlink keeps its own name
+    resolved = Path(os.path.normpath(file if file.is_absolute() else base / file))
+    if key is None:
+        rel = Path(os.path.relpath(os.path.abspath(resolved), os.path.abspath(base)))
+        key = file.name if rel.parts[:1] == ("..",) else rel.as_posix()
+    return key, resolved
+
+
+def read_image_list(list_file: Path) -> list[tuple[str, Path]]:
+    """``(key, path)`` of each image named by a ``.parquet`` (column ``path``, optional ``key``) or ``.jsonl``
+    (one object a line with ``path`` and optionally ``key``) list; relative paths resolve against its folder."""
+    base = list_file.parent
+    rows: list[tuple[Any, Any]] = []
+    if list_file.suffix.lower() == ".parquet":
+        try:
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise CliError(
+                f"{list_file}: reading Parquet lists needs pyarrow (pip install pyarrow)"
+            ) from None
+        try:
+            table = pq.read_table(list_file)
+        except Exception as exc:
+            raise CliError(f"{list_file}: not a readable Parquet file ({exc})".splitlines()[0]) from None
+        if "path" not in table.column_names:
+            raise CliError(
+                f"{list_file}: a list of images needs a 'path' column; it has {', '.join(table.column_names)}"
+            )
+        paths = table.column("path").to_pylist()
+        keys = table.column("key").to_pylist() if "key" in table.column_names else [None] * len(paths)
+        rows = list(zip(paths, keys, strict=True))
+    else:
+        with list_file.open(encoding="utf-8") as stream:
+            for number, line in enumerate(stream, 1):
+                if not line.strip():
+                    continue
+                try:
+                    entry = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise CliError(f"{list_file}:{number}: not JSON ({exc.msg})") from None
+                if not isinstance(entry, dict) or "path" not in entry:
+                    raise CliError(
+                        f'{list_file}:{number}: each line needs a \'path\' field, like {{"path": "a.jpg"}}'
+                    )
+                rows.append((entry["path"], entry.get("key")))
+    out = []
+    for i, (path, key) in enumerate(rows):
+        if not isinstance(path, str) or not path:
+            raise CliError(f"{list_file}: entry {i}: 'path' must be a non-empty string, got {path!r}")
+        if "://" in path:
+            raise CliError(
+                f"{list_file}: entry {i}: {path!r} is a URL; only local (or mounted) paths are read for now"
+            )
+        if key is not None and (
+            not isinstance(key, str) or not key or key.startswith("/") or ".." in key.split("/")
+        ):
+            raise CliError(
+                f"{list_file}: entry {i}: 'key' must be a relative name like 'a/b.jpg', got {key!r}"
+            )
+        out.append(_list_entry(base, path, key))
+    return out
 
 
 def _formats(text: str) -> list[str]:
@@ -119,7 +231,7 @@ def _build(args: argparse.Namespace) -> tuple[Any, Any]:
     from grounded.ontology import Ontology
 
     ontology = Ontology.load(args.classes) if args.classes is not None else None
-    name = args.pipeline or ("grounded_sam" if ontology is not None else "blip_grounded_sam")
+    name = args.pipeline or ("grounded_sam" if ontology is not None else f"{args.tagger}_grounded_sam")
     det: dict[str, Any] = {}
     for flag, key in (
         ("detector", "model"),
@@ -205,25 +317,69 @@ def _decode(chunk: list[tuple[str, Path]]) -> list[tuple[str, Any]]:
     return out
 
 
+def run_chunk(pipeline: Any, ontology: Any, decoded: list[tuple[str, Any]]) -> list[Outcome]:
+    """Every image's outcome for one decoded chunk (an exception in place of an image is its error).
+
+    The images that decoded run as one batch; if that batch fails, one by one, so one bad image does not
+    sink the others. Both engines call this with the same chunks, so they compute the same results.
+    """
+    outcomes: list[Outcome] = [(k, str(im), str(im)) for k, im in decoded if isinstance(im, Exception)]
+    batch = [(k, im) for k, im in decoded if not isinstance(im, Exception)]
+    if not batch:
+        return outcomes
+    try:
+        results = _run_batch(pipeline, ontology, batch)
+        outcomes.extend((key, res, None) for (key, _), res in zip(batch, results, strict=True))
+    except CliError:
+        raise
+    except Exception:  # one bad image must not sink the batch: retry one by one
+        for key, im in batch:
+            try:
+                outcomes.append((key, _run_batch(pipeline, ontology, [(key, im)])[0], None))
+            except CliError:
+                raise
+            except Exception as exc:
+                error = f"{type(exc).__name__}: {exc}".splitlines()[0]
+                outcomes.append((key, error, f"{key}: {error}"))
+    return outcomes
+
+
+def pending_chunks(files: dict[str, Path], status: dict[str, str], size: int) -> list[list[tuple[str, Path]]]:
+    """The chunks ``files[i*size:(i+1)*size]`` (sorted file list) that hold an image without a done row.
+
+    Chunks always run whole, so every image is computed in the same batch whether or not the run was
+    interrupted before, and whichever engine runs it.
+    """
+    items = list(files.items())
+    chunks = [items[i : i + size] for i in range(0, len(items), size)]
+    return [c for c in chunks if any(status.get(k) != "done" for k, _ in c)]
+
+
+def commit_outcome(manifest: Any, progress: Any, outcome: Outcome) -> None:
+    """Write one image's outcome to the manifest (printing its error) and advance the progress bar."""
+    key, res, note = outcome
+    if isinstance(res, str):
+        manifest.commit_error(key, res)
+        progress.write(f"grounded: error: {note or f'{key}: {res}'}", file=sys.stderr)
+    else:
+        manifest.commit_done(key, res)
+    progress.update(1)
+
+
+def progress_bar(total: int, quiet: bool) -> Any:
+    """The tqdm bar of the images to annotate (on stderr; off with ``--quiet`` or when not a terminal)."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="img", disable=quiet or None, file=sys.stderr, dynamic_ncols=True)
+
+
 def _annotate(
     args: argparse.Namespace, pipeline: Any, ontology: Any, manifest: Any, files: dict[str, Path]
 ) -> int:
-    """Run every chunk that has an image without a row; returns the number of images committed.
-
-    Chunks are aligned to the sorted file list (``files[i*B:(i+1)*B]``) and always run whole, so every image
-    is computed in the same batch whether or not the run was interrupted before.
-    """
-    from tqdm import tqdm
-
+    """Run every chunk that has an image without a row here; returns the number of images committed."""
     status = manifest.status()
-    items = list(files.items())
-    size = args.batch_size
-    chunks = [items[i : i + size] for i in range(0, len(items), size)]
-    chunks = [c for c in chunks if any(status.get(k) != "done" for k, _ in c)]
-    pending = sum(1 for c in chunks for k, _ in c if status.get(k) != "done")
-    progress = tqdm(
-        total=pending, unit="img", disable=args.quiet or None, file=sys.stderr, dynamic_ncols=True
-    )
+    chunks = pending_chunks(files, status, args.batch_size)
+    progress = progress_bar(sum(1 for c in chunks for k, _ in c if status.get(k) != "done"), args.quiet)
     committed = 0
     if chunks:
         pipeline.warm_up()
@@ -239,41 +395,10 @@ def _annotate(
             nxt = next(queue, None)
             if nxt is not None:
                 ahead.append(pool.submit(_decode, nxt))
-            todo = {k for k, _ in decoded if status.get(k) != "done"}
-            batch = [(k, im) for k, im in decoded if not isinstance(im, Exception)]
-            for key, im in decoded:
-                if isinstance(im, Exception) and key in todo:
-                    manifest.commit_error(key, str(im))
-                    progress.write(f"grounded: error: {im}", file=sys.stderr)
-                    progress.update(1)
+            for outcome in run_chunk(pipeline, ontology, decoded):
+                if status.get(outcome[0]) != "done":
+                    commit_outcome(manifest, progress, outcome)
                     committed += 1
-            results: list[tuple[str, dict[str, Any] | str]] = []
-            if batch:
-                try:
-                    results = list(
-                        zip([k for k, _ in batch], _run_batch(pipeline, ontology, batch), strict=True)
-                    )
-                except CliError:
-                    raise
-                except Exception:  # one bad image must not sink the batch: retry one by one
-                    results = []
-                    for key, im in batch:
-                        try:
-                            results.append((key, _run_batch(pipeline, ontology, [(key, im)])[0]))
-                        except CliError:
-                            raise
-                        except Exception as exc:
-                            results.append((key, f"{type(exc).__name__}: {exc}".splitlines()[0]))
-            for key, res in results:
-                if key not in todo:
-                    continue
-                if isinstance(res, str):
-                    manifest.commit_error(key, res)
-                    progress.write(f"grounded: error: {key}: {res}", file=sys.stderr)
-                else:
-                    manifest.commit_done(key, res)
-                progress.update(1)
-                committed += 1
     progress.close()
     return committed
 
@@ -325,6 +450,10 @@ def handler(args: argparse.Namespace) -> int:
     formats = _formats(args.format)
     if args.batch_size < 1 or args.workers < 1:
         raise CliError("--batch-size and --workers must be at least 1")
+    if args.ray_actors is not None and args.ray_actors < 1:
+        raise CliError("--ray-actors must be at least 1")
+    if args.engine != "ray" and (args.ray_actors is not None or args.ray_address is not None):
+        raise CliError("--ray-address and --ray-actors need --engine ray")
     if not 0.0 <= args.val_fraction < 1.0:
         raise CliError("--val-fraction must lie in [0, 1)")
     files = collect_images(args.inputs, exclude=args.out)
@@ -337,7 +466,12 @@ def handler(args: argparse.Namespace) -> int:
         raise CliError(str(exc)) from None
     with manifest:
         before = sum(1 for s in manifest.status().values() if s == "done")
-        committed = _annotate(args, pipeline, ontology, manifest, files)
+        if args.engine == "ray":
+            from grounded.annotate_ray import annotate_ray
+
+            committed = annotate_ray(args, pipeline, ontology, manifest, files)
+        else:
+            committed = _annotate(args, pipeline, ontology, manifest, files)
         report = export_datasets(
             args.out,
             manifest,

@@ -1,6 +1,7 @@
 """Recognize Anything (RAM / RAM++): tiny random models, official-format loading, parity with the original code
 (reference files written by tests/parity/ram_reference.py), the tagger adapter and the ram_grounded_sam pipeline."""
 
+import json
 import os
 import pickle
 from pathlib import Path
@@ -366,3 +367,43 @@ def test_ram_pipeline_detects_the_tags(tiny_ram, tiny_gdino, tiny_sam, photos):
         assert tags.classes == (tuple(caption.split(" | ")) if caption else ("object",))
         assert len(det) == 3 and det.masks is not None and tuple(det.masks.shape[1:]) == image.size
         assert np.all(det.scores.numpy() >= 0)
+
+
+def test_annotate_cli_with_the_ram_tagger(tiny_ram, tiny_gdino, tiny_sam, image_files, tmp_path):
+    from grounded.cli import main
+
+    out = tmp_path / "dataset"
+    code = main(
+        [
+            "annotate",
+            str(image_files["astronaut"]),
+            str(image_files["coffee"]),
+            "--out",
+            str(out),
+            "--tagger",
+            "ram",
+            "--tagger-model",
+            str(tiny_ram.folder),
+            "--detector",
+            str(tiny_gdino),
+            "--segmenter",
+            str(tiny_sam),
+            "--box-threshold",
+            "0.0",
+            "--top-k",
+            "2",
+            "--quiet",
+        ]
+    )
+    assert code == 0
+    coco = json.loads((out / "coco" / "annotations" / "instances_train.json").read_text())
+    assert [im["file_name"] for im in coco["images"]] == ["astronaut.png", "coffee.jpg"]
+    assert len(coco["annotations"]) == 4
+    # each annotation's class is one of the tags RAM gave its image (tiny random weights: whatever they are)
+    from grounded.adapters.ram import RamTagger
+
+    tagger = RamTagger(model=str(tiny_ram.folder), device="cpu")
+    tags = tagger.run([load_image(image_files[n]) for n in ("astronaut", "coffee")])["tags"]
+    names = {c["id"]: c["name"] for c in coco["categories"]}
+    for ann in coco["annotations"]:
+        assert names[ann["category_id"]] in tags[ann["image_id"] - coco["images"][0]["id"]].classes
