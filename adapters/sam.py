@@ -278,6 +278,16 @@ class SAM(Adapter):
             out.append(select_levels(order_levels(masks, prompt_iou.to(masks.device)), levels))
         return out
 
+    def predict(
+        self,
+        image: LoadedImage,
+        points: torch.Tensor | None = None,
+        boxes: torch.Tensor | None = None,
+        levels: LevelSelection = "all",
+    ) -> list[Levels]:
+        """The granularity interface shared with Semantic-SAM: :meth:`predict_levels`."""
+        return self.predict_levels(image, points=points, boxes=boxes, levels=levels)
+
     def _decoder_inputs(self, embedding: ImageEmbedding) -> dict[str, Any]:
         """The image side of a mask-decoder call."""
         if self.is_hq:

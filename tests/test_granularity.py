@@ -79,6 +79,9 @@ def test_sam_family_levels_for_points_and_boxes(request, family, image_files):
     whole = segmenter.predict_levels(image, boxes=box, levels="whole")[0]
     part = segmenter.predict_levels(image, boxes=box, levels="part")[0]
     assert torch.equal(whole.masks[0], every.masks[-1]) and torch.equal(part.masks[0], every.masks[0])
+    # predict() is the interface shared with Semantic-SAM
+    same = segmenter.predict(image, boxes=box, levels=[1, len(every)])[0]
+    assert same.levels == (1, len(every)) and torch.equal(same.masks[-1], every.masks[-1])
 
 
 def test_segmenter_granularity_part_and_whole(tiny_sam, image_files):
