@@ -15,7 +15,7 @@ from typing import Literal
 
 import torch
 
-__all__ = ["LevelSelection", "Levels", "order_levels", "select_levels"]
+__all__ = ["LevelSelection", "Levels", "merge_levels", "order_levels", "select_levels"]
 
 LevelSelection = Literal["all", "part", "whole"] | Sequence[int]
 
@@ -49,14 +49,21 @@ def _iou(a: torch.Tensor, b: torch.Tensor) -> float:
     return int((a & b).sum()) / union if union else 1.0
 
 
-def order_levels(
-    masks: torch.Tensor, scores: torch.Tensor, dedup_iou: float = 0.9, nest: float = 0.9
+def merge_levels(
+    masks: torch.Tensor,
+    scores: torch.Tensor,
+    order: Sequence[int],
+    numbers: Sequence[int] | None = None,
+    dedup_iou: float = 0.9,
+    nest: float = 0.9,
 ) -> Levels:
-    """Sort ``(K, H, W)`` candidate masks finest → coarsest, merge duplicates, measure nesting."""
-    if masks.ndim != 3 or masks.dtype != torch.bool or scores.shape != (len(masks),):
-        raise ValueError("masks must be (K, H, W) bool and scores (K,)")
+    """Visit ``(K, H, W)`` bool masks in ``order`` (finest first), merge duplicates, measure nesting.
+
+    Empty masks are dropped; a mask with IoU ≥ ``dedup_iou`` to the previous kept one is the same level (the
+    better predicted of the two stays). ``numbers`` gives each mask's own level number (a model with fixed
+    levels); by default the kept masks are numbered 1, 2, ... in order.
+    """
     areas = masks.flatten(1).sum(-1)
-    order = sorted(range(len(masks)), key=lambda i: (int(areas[i]), -float(scores[i])))
     kept: list[int] = []
     for i in order:
         if int(areas[i]) == 0:
@@ -70,15 +77,27 @@ def order_levels(
     for finer, coarser in itertools.pairwise(kept):
         inside = int((masks[finer] & masks[coarser]).sum())
         containment.append(inside / max(int(areas[finer]), 1))
+    level_of = tuple(range(1, len(kept) + 1)) if numbers is None else tuple(int(numbers[i]) for i in kept)
     index = torch.tensor(kept, dtype=torch.long, device=masks.device)
     return Levels(
         masks=masks[index],
         scores=scores[index],
         areas=tuple(int(areas[i]) for i in kept),
-        levels=tuple(range(1, len(kept) + 1)),
+        levels=level_of,
         containment=tuple(containment),
-        violations=tuple(k + 1 for k, c in enumerate(containment) if c < nest),
+        violations=tuple(level_of[k] for k, c in enumerate(containment) if c < nest),
     )
+
+
+def order_levels(
+    masks: torch.Tensor, scores: torch.Tensor, dedup_iou: float = 0.9, nest: float = 0.9
+) -> Levels:
+    """Sort ``(K, H, W)`` candidate masks finest → coarsest (by area), merge duplicates, measure nesting."""
+    if masks.ndim != 3 or masks.dtype != torch.bool or scores.shape != (len(masks),):
+        raise ValueError("masks must be (K, H, W) bool and scores (K,)")
+    areas = masks.flatten(1).sum(-1)
+    order = sorted(range(len(masks)), key=lambda i: (int(areas[i]), -float(scores[i])))
+    return merge_levels(masks, scores, order, dedup_iou=dedup_iou, nest=nest)
 
 
 def select_levels(levels: Levels, which: LevelSelection = "all") -> Levels:

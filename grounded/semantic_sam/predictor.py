@@ -9,7 +9,6 @@ token ``(5, 1, 4, 0, 2, 3)[L - 1]`` (the official ``prompt_switch`` table read b
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -19,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from grounded.granularity import Levels, LevelSelection
+from grounded.granularity import Levels, LevelSelection, merge_levels
 from grounded.semantic_sam.model import ImageFeatures, SemanticSamModel
 
 __all__ = [
@@ -133,37 +132,18 @@ def build_levels(
     is measured and violations (< ``nest``) reported. ``"part"`` / ``"whole"`` keep the finest / coarsest
     remaining level; a list keeps those level numbers (before merging).
     """
-    kept: list[int] = []
-    flat = masks.flatten(1)
-    areas = flat.sum(-1)
-    for i in range(len(masks)):
-        if int(areas[i]) == 0:
-            continue
-        if kept:
-            j = kept[-1]
-            union = int((flat[i] | flat[j]).sum())
-            if union and int((flat[i] & flat[j]).sum()) / union >= dedup_iou:
-                if float(scores[i]) > float(scores[j]):
-                    kept[-1] = i
-                continue
-        kept.append(i)
-    if which == "part":
-        kept = kept[:1]
-    elif which == "whole":
-        kept = kept[-1:]
-    containment = []
-    for finer, coarser in itertools.pairwise(kept):
-        inside = int((flat[finer] & flat[coarser]).sum())
-        containment.append(inside / max(int(areas[finer]), 1))
-    index = torch.tensor(kept, dtype=torch.long, device=masks.device)
-    return Levels(
-        masks=masks[index],
-        scores=scores[index],
-        areas=tuple(int(areas[i]) for i in kept),
-        levels=tuple(int(level_numbers[i]) for i in kept),
-        containment=tuple(containment),
-        violations=tuple(int(level_numbers[kept[k]]) for k, c in enumerate(containment) if c < nest),
-    )
+    merged = merge_levels(masks, scores, range(len(masks)), level_numbers, dedup_iou=dedup_iou, nest=nest)
+    if which in ("part", "whole") and len(merged):
+        keep = 0 if which == "part" else len(merged) - 1
+        merged = Levels(
+            masks=merged.masks[keep : keep + 1],
+            scores=merged.scores[keep : keep + 1],
+            areas=merged.areas[keep : keep + 1],
+            levels=merged.levels[keep : keep + 1],
+            containment=(),
+            violations=(),
+        )
+    return merged
 
 
 @torch.inference_mode()
