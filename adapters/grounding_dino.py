@@ -15,10 +15,11 @@ from grounded.adapters.common import PromptedDetector
 from grounded.boxes import clip_xyxy, cxcywh_to_xyxy, normalized_to_pixels
 from grounded.detections import Detections
 from grounded.engine import register_adapter
+from grounded.fastpath import ContentCache, accelerate_grounding_dino, compile_modules
 from grounded.images import LoadedImage
 from grounded.phrases import Reduction, class_scores, matched_phrase, positive_map
 from grounded.prompts import Caption, Prompt, PromptError, build_caption, chunk_classes
-from grounded.runtime import autocast, check_precision, pick_device
+from grounded.runtime import autocast, check_precision, pick_device, resolve_precision
 from grounded.sources import load_model_and_processor
 
 __all__ = ["GroundingDINO", "MMGroundingDINO"]
@@ -70,7 +71,14 @@ class GroundingDINO(PromptedDetector):
             mixed sizes; padding changes the features slightly). By default only images of the same
             preprocessed size share a batch, so batched results equal one-by-one results.
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ...
-        precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` (autocast).
+        precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` (autocast), or ``"auto"`` (see
+            :func:`grounded.runtime.resolve_precision`).
+        fast_kernels: run deformable attention as one gather-and-sum (:mod:`grounded.fastpath`) instead of
+            transformers' ``grid_sample`` loop; same results up to float rounding.
+        cache_size: image-backbone outputs kept (about 40 MB per image), keyed by the preprocessed pixels:
+            a new prompt on a cached image skips the Swin backbone; text-encoder outputs of 8 times as many
+            prompts are kept too (a cached prompt skips BERT). 0 disables both.
+        compile: ``torch.compile`` the encoder and decoder (the first calls per input size are slow).
     """
 
     model_types: ClassVar[tuple[str, ...]] = ("grounding-dino", "mm-grounding-dino")
@@ -90,7 +98,12 @@ class GroundingDINO(PromptedDetector):
         pad_batches: bool = False,
         device: str = "auto",
         precision: str = "fp32",
+        fast_kernels: bool = True,
+        cache_size: int = 2,
+        compile: bool = False,
     ) -> None:
+        if cache_size < 0:
+            raise ValueError("cache_size must be at least 0")
         if not 0.0 <= box_threshold <= 1.0 or not 0.0 <= text_threshold <= 1.0:
             raise ValueError("box_threshold and text_threshold must lie in [0, 1]")
         if top_k < 1 or batch_size < 1:
@@ -114,6 +127,9 @@ class GroundingDINO(PromptedDetector):
             pad_batches=pad_batches,
             device=device,
             precision=precision,
+            fast_kernels=fast_kernels,
+            cache_size=cache_size,
+            compile=compile,
         )
         self.box_threshold = box_threshold
         self.text_threshold = text_threshold
@@ -126,6 +142,9 @@ class GroundingDINO(PromptedDetector):
         self.batch_size = batch_size
         self.pad_batches = pad_batches
         self.precision = precision
+        self.fast_kernels = fast_kernels
+        self.cache_size = cache_size
+        self.compile = compile
         self._device_name = device
         self._model: Any = None
         self._processor: Any = None
@@ -147,7 +166,16 @@ class GroundingDINO(PromptedDetector):
             {"backend": self.image_backend} if self.image_backend else None,
         )
         self.device = device
-        self._model = model.to(device)
+        self.precision = resolve_precision(self.precision, device)
+        self._model = accelerate_grounding_dino(model.to(device), self.fast_kernels, self.cache_size)
+        if self.compile:
+            compile_modules(self._model.model.encoder, self._model.model.decoder)
+
+    def clear_cache(self) -> None:
+        """Forget cached backbone and text-encoder outputs."""
+        for module in (self._model.model.backbone, self._model.model.text_backbone) if self._model else ():
+            if isinstance(module, ContentCache):
+                module.clear()
 
     @property
     def max_text_len(self) -> int:

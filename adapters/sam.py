@@ -14,9 +14,10 @@ import torch
 from grounded.compat import fix_sam_hq_decoder
 from grounded.detections import Detections
 from grounded.engine import Adapter, register_adapter
+from grounded.fastpath import accelerate_sam, compile_modules
 from grounded.granularity import Levels, LevelSelection, order_levels, select_levels
 from grounded.images import LoadedImage
-from grounded.runtime import autocast, check_precision, pick_device
+from grounded.runtime import autocast, check_precision, pick_device, resolve_precision
 from grounded.sources import ModelSourceError, load_config_checked, load_from_source, resolve_source
 from grounded.tinyvit import is_tinyvit_config, load_tinyvit_sam
 
@@ -57,6 +58,9 @@ class SAM(Adapter):
         max_boxes_per_call: boxes per decoder call.
         cache_size: image embeddings kept, keyed on image content (0 disables the cache).
         device, precision: as for the detector.
+        fast_kernels: SAM / HQ-SAM ViT attention adds its relative-position bias a block of queries at a
+            time instead of materialising it for all (:mod:`grounded.fastpath`); bit-identical results.
+        compile: ``torch.compile`` the image encoder (the first call is slow).
     """
 
     outputs: ClassVar[dict[str, Any]] = {"detections": list[Detections]}
@@ -75,6 +79,8 @@ class SAM(Adapter):
         cache_size: int = 8,
         device: str = "auto",
         precision: str = "fp32",
+        fast_kernels: bool = True,
+        compile: bool = False,
     ) -> None:
         if batch_size < 1 or max_boxes_per_call < 1 or cache_size < 0:
             raise ValueError("batch_size and max_boxes_per_call must be at least 1, cache_size at least 0")
@@ -92,6 +98,8 @@ class SAM(Adapter):
             cache_size=cache_size,
             device=device,
             precision=precision,
+            fast_kernels=fast_kernels,
+            compile=compile,
         )
         self.multimask_output = multimask_output
         self.hq_token_only = hq_token_only
@@ -102,6 +110,8 @@ class SAM(Adapter):
         self.cache_size = cache_size
         self._cache: OrderedDict[str, ImageEmbedding] = OrderedDict()
         self.precision = precision
+        self.fast_kernels = fast_kernels
+        self.compile = compile
         self._device_name = device
         self._model: Any = None
         self._processor: Any = None
@@ -129,8 +139,13 @@ class SAM(Adapter):
         if config.model_type == "sam_hq":
             fix_sam_hq_decoder(model)  # transformers' SAM-HQ decoder differs from the official one
         self.device = device
+        self.precision = resolve_precision(self.precision, device)
         self._processor = processor
         self._model = model.to(self.device).eval()
+        if self.fast_kernels:
+            accelerate_sam(self._model)
+        if self.compile:
+            compile_modules(self._model.vision_encoder)
 
     def _processor_options(self) -> dict[str, Any]:
         """SAM's images are resized with the PIL backend: it matches the official ``ResizeLongestSide`` exactly,

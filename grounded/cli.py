@@ -44,7 +44,12 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         "--batch-size", type=int, default=None, help="images per model pass (default: adapters' own)"
     )
     p.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:1, ...")
-    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default=None, help="numeric precision")
+    p.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16", "fp16"),
+        default=None,
+        help="numeric precision (auto: bf16 where the hardware computes it natively, else fp32)",
+    )
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     p.add_argument(
         "--skip-existing",
@@ -149,18 +154,29 @@ def _build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
 
     bench = sub.add_parser("bench", help="time each stage with real-size random-weight models")
-    bench.add_argument("--image", default="astronaut", help="skimage.data image name (default: astronaut)")
+    bench.add_argument(
+        "--images",
+        default="astronaut@1024,coffee",
+        metavar="NAME,...",
+        help="skimage.data images, NAME@SIZE resized square (default: astronaut@1024,coffee)",
+    )
     bench.add_argument("--prompt", default="person . flag . helmet . face . rocket", help="text prompt")
-    bench.add_argument("--repeats", type=int, default=2, help="timed runs per stage (median reported)")
-    bench.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="numeric precision")
+    bench.add_argument("--repeats", type=int, default=3, help="timed rounds (median reported)")
+    bench.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16", "fp16"),
+        default="auto",
+        help="precision of the optimised path (auto: bf16 where the hardware has it natively, else fp32)",
+    )
+    bench.add_argument("--compile", action="store_true", help="torch.compile the optimised path")
     bench.add_argument(
         "--small", action="store_true", help="tiny models (a smoke run of the benchmark itself)"
     )
     bench.add_argument(
         "--batch-sizes",
-        default="",
+        default="1,2,4,8",
         metavar="N,N,...",
-        help="also measure images/s at these batch sizes, e.g. 1,2,4",
+        help="measure images/s and peak memory at these batch sizes (empty: skip)",
     )
     for module in COMMAND_MODULES:
         importlib.import_module(module).add_parser(sub)
@@ -409,10 +425,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             from grounded.benchmark import run_benchmark
 
             run_benchmark(
-                image=args.image,
+                images=tuple(v.strip() for v in args.images.split(",") if v.strip()),
                 prompt=args.prompt,
                 repeats=args.repeats,
                 precision=args.precision,
+                compile=args.compile,
                 small=args.small,
                 batch_sizes=tuple(int(v) for v in args.batch_sizes.split(",") if v.strip()),
             )

@@ -17,5 +17,5 @@ python="${PYTHON:-python3}"
 pip=("$venv/bin/pip" install --quiet)
 "${pip[@]}" "torch==2.14.1" "torchvision==0.29.1" "transformers>=4.40,<5" numpy pillow addict yapf timm \
     termcolor pycocotools opencv-python-headless scikit-image matplotlib
-"${pip[@]}" --no-deps "groundingdino-py==0.4.0" "supervision==0.6.0" "segment-anything==1.0"
+"${pip[@]}" --no-deps "groundingdino-py==0.4.0" "supervision==0.6.0" "segment-anything==1.0" "segment-anything-hq==0.3"
 "$venv/bin/python" -c "import groundingdino.util.inference, segment_anything, transformers; print('groundingdino ok, transformers', transformers.__version__)"
