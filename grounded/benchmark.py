@@ -45,8 +45,9 @@ def _cache_dir() -> Path:
 def healthy_weights(model: torch.nn.Module, seed: int = 0) -> None:
     """Redraw every parameter at the scale of trained weights (matrices ``N(0, 1/fan_in)``, norms ``≈ 1``).
 
-    transformers' SAM initialisation leaves most weights near 1e-10: activations then vanish, every mask is
-    the same and no accuracy comparison means anything.
+    transformers' SAM initialisation leaves most weights near 1e-10 (activations vanish, every mask is the
+    same) and Grounding DINO's zero-initialised box heads put every box on a fixed proposal grid: no
+    accuracy comparison would mean anything.
     """
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -63,27 +64,32 @@ def healthy_weights(model: torch.nn.Module, seed: int = 0) -> None:
 def _models(small: bool = False, hq: bool = False) -> tuple[Path, Path]:
     """Folders of the random-weight Grounding DINO (Swin-T) and SAM or HQ-SAM (ViT-B), built once.
 
-    The SAM weights are redrawn by :func:`healthy_weights` (folders ``sam-vit-b`` / ``sam-hq-vit-b``; the
-    tiny ones ``sam`` / ``sam-hq``).
+    Every weight is redrawn by :func:`healthy_weights` (folders ``grounding-dino-swin-t``, ``sam-vit-b``,
+    ``sam-hq-vit-b``; the tiny ones ``grounding-dino``, ``sam``, ``sam-hq``).
     """
-    from transformers import AutoModel
+    from transformers import AutoModel, AutoModelForZeroShotObjectDetection
 
     from grounded.testing import make_grounding_dino, make_sam
 
     root = _cache_dir() / ("tiny" if small else "real-size")
-    detector = root / "grounding-dino"
+    detector = root / ("grounding-dino" if small else "grounding-dino-swin-t")
     segmenter = root / (("sam-hq" if hq else "sam") + ("" if small else "-vit-b"))
     if not (detector / "config.json").is_file():
         print(f"building random-weight Grounding DINO ({'tiny' if small else 'Swin-T'}) in {detector} ...")
         make_grounding_dino(detector, size="tiny" if small else "swin-t")
+        _redraw_saved(detector, AutoModelForZeroShotObjectDetection.from_pretrained)
     if not (segmenter / "config.json").is_file():
         name = ("HQ-SAM" if hq else "SAM") + (" (tiny)" if small else " ViT-B")
         print(f"building random-weight {name} in {segmenter} ...")
         make_sam(segmenter, size="tiny" if small else "vit-b", hq=hq)
-        model = AutoModel.from_pretrained(segmenter)
-        healthy_weights(model)
-        model.save_pretrained(segmenter)
+        _redraw_saved(segmenter, AutoModel.from_pretrained)
     return detector, segmenter
+
+
+def _redraw_saved(folder: Path, load: Callable[[Path], Any]) -> None:
+    model = load(folder)
+    healthy_weights(model)
+    model.save_pretrained(folder)
 
 
 build_models = _models
