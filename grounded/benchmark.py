@@ -17,6 +17,7 @@ anchor (official Grounding DINO + segment-anything) comparison.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -32,7 +33,14 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["bench_image", "build_models", "healthy_weights", "run_benchmark", "stage_times"]
+__all__ = [
+    "bench_image",
+    "build_models",
+    "healthy_weights",
+    "run_benchmark",
+    "stage_times",
+    "subnormal_trap",
+]
 
 DEFAULT_PROMPT = "person . flag . helmet . face . rocket"
 OTHER_PROMPT = "sky . glove . boot"
@@ -255,6 +263,7 @@ def run_benchmark(
     isolate: bool = True,
     verbose: bool = True,
     hq: bool = True,
+    trap: bool = True,
 ) -> dict[str, Any]:
     """Measure, print (unless ``verbose`` is false) and return every figure; see the module docstring.
 
@@ -292,6 +301,8 @@ def run_benchmark(
             "agreement": _agreement(outputs["base"], outputs["fast"]),
         }
     results["cache"] = _cache_times(fast, bench_image(images[0]), prompt, repeats)
+    if trap:
+        results["subnormal trap"] = subnormal_trap(small=small, repeats=repeats)
     results["throughput"] = {}
     for size in batch_sizes:
         if isolate:  # a fresh process: its peak memory is this batch size's
@@ -303,6 +314,44 @@ def run_benchmark(
     if verbose:
         print(format_results(results, small))
     return results
+
+
+def subnormal_trap(
+    images: Sequence[str] = ("astronaut", "coffee"), small: bool = False, repeats: int = 3
+) -> dict[str, dict[str, float]]:
+    """The SAM encoder with transformers' default initialisation (vision std 1e-10) on a square and a
+    padded non-square image, plain and inside :func:`grounded.denormals.flush_denormals` (what the adapters
+    do): median seconds of each and the subnormal values of the plain embedding (issue 8's 12x trap)."""
+    from transformers import SamImageProcessor, SamModel
+
+    from grounded.denormals import flush_denormals
+    from grounded.testing import sam_config
+
+    torch.manual_seed(0)
+    model = SamModel(sam_config("tiny" if small else "vit-b")).eval()
+    size = model.config.vision_config.image_size
+    processor = SamImageProcessor(size={"longest_edge": size}, pad_size={"height": size, "width": size})
+    tiny = torch.finfo(torch.float32).tiny
+    found: dict[str, dict[str, float]] = {}
+    for name in images:
+        pixels = processor(images=bench_image(name).pixels, return_tensors="pt")["pixel_values"]
+
+        def encode(flush: bool, pixels: torch.Tensor = pixels) -> dict[str, float]:
+            with torch.inference_mode(), flush_denormals() if flush else contextlib.nullcontext():
+                start = time.perf_counter()
+                embedding = model.get_image_embeddings(pixels)
+                seconds = time.perf_counter() - start
+            subnormal = ((embedding != 0) & (embedding.abs() < tiny)).float().mean().item()
+            return {"seconds": seconds, "subnormal": subnormal}
+
+        timed = _interleaved({"plain": lambda: encode(False), "flushed": lambda: encode(True)}, repeats)
+        found[name] = {
+            "plain_s": timed["plain"]["seconds"],
+            "flushed_s": timed["flushed"]["seconds"],
+            "subnormal_plain": timed["plain"]["subnormal"],
+            "subnormal_flushed": timed["flushed"]["subnormal"],
+        }
+    return found
 
 
 def _cache_times(models: tuple[Any, Any], picture: Any, prompt: str, repeats: int) -> dict[str, float]:
@@ -379,6 +428,18 @@ def format_results(results: dict[str, Any], small: bool = False) -> str:
     lines += ["", "| cache | seconds | of first call |", "|---|---:|---:|"]
     for key, seconds in cache.items():
         lines.append(f"| {key} | {seconds:.2f} | {seconds / first:.0%} |")
+    if results.get("subnormal trap"):
+        lines += [
+            "",
+            "| SAM encoder, transformers' default init | subnormal share of the embedding | plain (s) "
+            "| subnormals flushed (s) | speed-up |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for image, entry in results["subnormal trap"].items():
+            plain, flushed = entry["plain_s"], entry["flushed_s"]
+            lines.append(
+                f"| {image} | {entry['subnormal_plain']:.2%} | {plain:.2f} | {flushed:.2f} | {plain / flushed:.2f}x |"
+            )
     if results["throughput"]:
         lines += ["", "| batch | images/s | peak memory (GiB) |", "|---:|---:|---:|"]
         for size, entry in results["throughput"].items():

@@ -10,6 +10,8 @@ from typing import Literal
 
 import torch
 
+from grounded.denormals import flush_denormals
+
 __all__ = [
     "PRECISIONS",
     "DeviceError",
@@ -80,13 +82,18 @@ def pick_device(device: str | torch.device = "auto", precision: str = "fp32") ->
 
 @contextlib.contextmanager
 def autocast(device: torch.device, precision: str) -> Iterator[None]:
-    """Mixed precision for the block (scoped, never process-wide): bf16/fp16 autocast, or plain fp32."""
+    """Mixed precision for the block (scoped, never process-wide): bf16/fp16 autocast, or plain fp32.
+
+    On the CPU the block also flushes subnormal floats to zero on every PyTorch thread
+    (:func:`grounded.denormals.flush_denormals`: they can make x86 matmuls an order of magnitude slower).
+    """
     precision = resolve_precision(precision, device)
-    if precision == "fp32":
-        yield
-        return
     if precision == "fp16" and device.type == "cpu":
         raise ValueError("fp16 is for GPUs; use bf16 on the CPU")
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    with torch.autocast(device_type=device.type, dtype=dtype):
+    with contextlib.ExitStack() as stack:
+        if device.type == "cpu":
+            stack.enter_context(flush_denormals())
+        if precision != "fp32":
+            dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+            stack.enter_context(torch.autocast(device_type=device.type, dtype=dtype))
         yield

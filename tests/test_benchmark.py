@@ -26,8 +26,19 @@ def test_benchmark_reports_stages_agreement_cache_throughput_and_memory(tmp_path
     assert all(v["images_per_s"] > 0 and v["peak_gib"] > 0 for v in results["throughput"].values())
     assert (tmp_path / "tiny" / "grounding-dino" / "config.json").is_file()
     assert (tmp_path / "tiny" / "sam-hq" / "config.json").is_file()
+    trap = results["subnormal trap"]  # transformers' SAM init on a padded (coffee) and a square image
+    assert set(trap) == {"astronaut", "coffee"}
+    assert trap["coffee"]["subnormal_plain"] > 0 and trap["astronaut"]["subnormal_plain"] == 0
+    assert all(v["subnormal_flushed"] == 0 and v["plain_s"] > 0 and v["flushed_s"] > 0 for v in trap.values())
     table = format_results(results, small=True)
-    for text in ("end to end", "min mask IoU", "same image, new prompt", "images/s", "peak memory"):
+    for text in (
+        "end to end",
+        "min mask IoU",
+        "same image, new prompt",
+        "images/s",
+        "peak memory",
+        "default init",
+    ):
         assert text in table
 
 
