@@ -84,14 +84,13 @@ def deformable_attention(
         parts = [(value[:half], sampling_locations[:half], attention_weights[:half])]
         parts.append((value[half:], sampling_locations[half:], attention_weights[half:]))
         return torch.cat([deformable_attention(v, spatial_shapes, loc, w) for v, loc, w in parts])
-    q = sampling_locations.shape[1]
+    q, levels, points = sampling_locations.shape[1], sampling_locations.shape[3], sampling_locations.shape[4]
     dev, dt = value.device, torch.float32  # float32: the row arithmetic must be exact
-    sampling_locations, attention_weights = sampling_locations.to(dt), attention_weights.to(dt)
     # each level padded with one zero row/column before and two after: every bilinear corner of a clamped
     # location is inside the table, and corners outside the map read zeros
     tables, starts, start = [], [], 0
-    levels = value.split([h * w for h, w in spatial_shapes], dim=1)
-    for (h, w), level in zip(spatial_shapes, levels, strict=True):
+    levels_values = value.split([h * w for h, w in spatial_shapes], dim=1)
+    for (h, w), level in zip(spatial_shapes, levels_values, strict=True):
         padded = F.pad(level.reshape(b, h, w, heads * head_dim), (0, 0, 1, 2, 1, 2))
         tables.append(padded.reshape(b, -1, heads, head_dim))
         starts.append(start)
@@ -99,29 +98,40 @@ def deformable_attention(
     table = torch.cat(tables, 1).to(dt)  # (B, S_pad, heads, head_dim)
     if b * start * heads >= _MAX_TABLE_ROWS:
         raise ValueError(f"deformable_attention: {s} positions x {heads} heads is too large")
-    sizes = torch.tensor([[w, h] for h, w in spatial_shapes], dtype=dt, device=dev)  # (L, 2) as (x, y)
-    pixels = torch.addcmul(torch.full_like(sizes, -0.5)[:, None, :], sampling_locations, sizes[:, None, :])
-    # clamping to [-1, size] keeps every sample that can touch the map exact and sends the rest to zeros
-    pixels = pixels.clamp_(min=torch.full_like(sizes, -1.0)[:, None, :], max=sizes[:, None, :])
-    corner = pixels.floor()
-    frac = pixels.sub_(corner)
-    row = (sizes[:, 0] + 3) * heads  # table rows per padded image row, per level
-    offset = (
-        torch.arange(b, device=dev, dtype=dt)[:, None, None] * (start * heads)
-        + torch.arange(heads, device=dev, dtype=dt)[None, :, None]
-        + (torch.tensor(starts, device=dev, dtype=dt) * heads + row + heads)[None, None, :]
-    )  # (B, heads, L): table row of pixel (0, 0) of each level, each head
-    top_left = torch.addcmul(corner[..., 0] * heads, corner[..., 1], row[:, None])
-    top_left = top_left.add_(offset[:, None, :, :, None]).to(torch.int32)  # (B, Q, heads, L, P)
-    steps = torch.stack([torch.zeros_like(row), torch.full_like(row, heads), row, row + heads], -1)
-    rows = top_left[..., None] + steps.to(torch.int32)[:, None, :]  # corners (y0x0, y0x1, y1x0, y1x1)
-    fx, fy = frac[..., 0], frac[..., 1]
-    wy = torch.stack([1 - fy, fy], -1) * attention_weights[..., None]
-    weights = wy[..., :, None] * torch.stack([1 - fx, fx], -1)[..., None, :]
+
+    # Per-(level, point) constants, so that every elementwise step below runs on contiguous
+    # (B, Q, heads, levels * points) tensors with a contiguous innermost operand.
+    def per_sample(values: list[int]) -> torch.Tensor:
+        return torch.tensor(values, dtype=dt, device=dev).repeat_interleave(points)
+
+    width, height = per_sample([w for _, w in spatial_shapes]), per_sample([h for h, _ in spatial_shapes])
+    row = (width + 3) * heads  # table rows per padded image row
+    origin = per_sample([first * heads for first in starts]) + row + heads  # pixel (0, 0), head 0
+    base = (
+        torch.arange(b, device=dev, dtype=dt)[:, None, None, None] * (start * heads)
+        + torch.arange(heads, device=dev, dtype=dt)[None, None, :, None]
+    )  # (B, 1, heads, 1): image and head offsets in the table
+    loc = sampling_locations.to(dt).reshape(b, q, heads, levels * points, 2)
+    minus_half, minus_one = torch.tensor(-0.5, dtype=dt, device=dev), torch.tensor(-1.0, dtype=dt, device=dev)
+    # pixel coordinates; clamping to [-1, size] keeps every sample that can touch the map exact and sends
+    # the rest to zeros
+    x = torch.maximum(torch.minimum(torch.addcmul(minus_half, loc[..., 0], width), width), minus_one)
+    y = torch.maximum(torch.minimum(torch.addcmul(minus_half, loc[..., 1], height), height), minus_one)
+    x0, y0 = x.floor(), y.floor()
+    fx, fy = x.sub_(x0), y.sub_(y0)
+    top_left = torch.addcmul(x0.mul_(heads).add_(origin).add_(base), y0, row).to(torch.int32)
+    attention = attention_weights.to(dt).reshape(b, q, heads, levels * points)
+    bottom = attention * fy
+    top = attention - bottom
+    top_right, bottom_right = top * fx, bottom * fx
+    step = row.to(torch.int32)
+    # one bag per (image, query, head) holding its 4 corners x levels x points samples (order is free)
+    rows = torch.cat([top_left, top_left + heads, top_left + step, top_left + (step + heads)], -1)
+    weights = torch.cat([top - top_right, top_right, bottom - bottom_right, bottom_right], -1)
     out = F.embedding_bag(
         rows.view(b * q * heads, -1),
         table.view(-1, head_dim),
-        per_sample_weights=weights.reshape(b * q * heads, -1),
+        per_sample_weights=weights.view(b * q * heads, -1),
         mode="sum",
     )
     return out.view(b, q, heads * head_dim).to(value.dtype)
