@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
 import sys
@@ -397,48 +398,57 @@ def _demo(args: argparse.Namespace) -> int:
     return _process(run_args, build_pipeline("grounded_sam", overrides=overrides))
 
 
+def _dispatch(args: argparse.Namespace) -> int:
+    """Run the parsed subcommand; returns the exit code."""
+    handler = getattr(args, "handler", None)
+    if handler is not None:
+        return int(handler(args))
+    if args.command == "adapters":
+        return _list_adapters()
+    if args.command == "convert":
+        from grounded.checkpoints import convert_checkpoint
+
+        out = convert_checkpoint(args.checkpoint, args.out_dir, text_encoder=args.text_encoder)
+        print(f"grounded: wrote {out}", file=sys.stderr)
+        return EXIT_OK
+    if args.command == "demo":
+        return _demo(args)
+    if args.command == "bench":
+        from grounded.benchmark import run_benchmark
+
+        run_benchmark(
+            images=tuple(v.strip() for v in args.images.split(",") if v.strip()),
+            prompt=args.prompt,
+            repeats=args.repeats,
+            precision=args.precision,
+            compile=args.compile,
+            small=args.small,
+            batch_sizes=tuple(int(v) for v in args.batch_sizes.split(",") if v.strip()),
+        )
+        return EXIT_OK
+    from grounded.api import build_pipeline
+
+    overrides = _segment_overrides(args) if args.command == "segment" else _parse_settings(args.settings)
+    pipeline = build_pipeline(args.pipeline, overrides=overrides, shared=_shared_params(args))
+    return _process(args, pipeline)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``grounded`` command; returns the exit code."""
     args = _build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="grounded: %(message)s")
     from grounded.checkpoints import CheckpointError
+    from grounded.cpu_memory import reuse_freed_memory
     from grounded.engine import PipelineError, UnknownAdapterError
     from grounded.prompts import PromptError
     from grounded.runtime import DeviceError
     from grounded.sources import ModelSourceError
 
+    # one block for the whole job: pages stay mapped between images (bench sets it per configuration)
+    memory = contextlib.nullcontext() if args.command == "bench" else reuse_freed_memory()
     try:
-        handler = getattr(args, "handler", None)
-        if handler is not None:
-            return int(handler(args))
-        if args.command == "adapters":
-            return _list_adapters()
-        if args.command == "convert":
-            from grounded.checkpoints import convert_checkpoint
-
-            out = convert_checkpoint(args.checkpoint, args.out_dir, text_encoder=args.text_encoder)
-            print(f"grounded: wrote {out}", file=sys.stderr)
-            return EXIT_OK
-        if args.command == "demo":
-            return _demo(args)
-        if args.command == "bench":
-            from grounded.benchmark import run_benchmark
-
-            run_benchmark(
-                images=tuple(v.strip() for v in args.images.split(",") if v.strip()),
-                prompt=args.prompt,
-                repeats=args.repeats,
-                precision=args.precision,
-                compile=args.compile,
-                small=args.small,
-                batch_sizes=tuple(int(v) for v in args.batch_sizes.split(",") if v.strip()),
-            )
-            return EXIT_OK
-        from grounded.api import build_pipeline
-
-        overrides = _segment_overrides(args) if args.command == "segment" else _parse_settings(args.settings)
-        pipeline = build_pipeline(args.pipeline, overrides=overrides, shared=_shared_params(args))
-        return _process(args, pipeline)
+        with memory:
+            return _dispatch(args)
     except (
         CliError,
         CheckpointError,

@@ -9,6 +9,7 @@ from typing import Any
 
 import networkx as nx
 
+from grounded.cpu_memory import reuse_freed_memory
 from grounded.engine.adapter import Adapter, Port, input_ports, output_ports, type_name
 
 __all__ = ["Pipeline", "PipelineConnectionError", "PipelineError", "types_compatible"]
@@ -176,17 +177,18 @@ class Pipeline:
             for node, port in targets:
                 node_inputs[node][port] = inputs[name]
         results: dict[str, Mapping[str, Any]] = {}
-        for node in nx.topological_sort(self.graph):
-            for upstream, _, data in self.graph.in_edges(node, data=True):
-                node_inputs[node][data["receiver"]] = results[upstream][data["sender"]]
-            adapter = self.adapter(node)
-            produced = adapter.run(**node_inputs[node])
-            declared = set(output_ports(adapter))
-            if set(produced) != declared:
-                raise PipelineError(
-                    f"node {node!r} returned outputs {sorted(produced)} but declares {sorted(declared)}"
-                )
-            results[node] = produced
+        with reuse_freed_memory():  # the stages' large CPU temporaries reuse each other's pages
+            for node in nx.topological_sort(self.graph):
+                for upstream, _, data in self.graph.in_edges(node, data=True):
+                    node_inputs[node][data["receiver"]] = results[upstream][data["sender"]]
+                adapter = self.adapter(node)
+                produced = adapter.run(**node_inputs[node])
+                declared = set(output_ports(adapter))
+                if set(produced) != declared:
+                    raise PipelineError(
+                        f"node {node!r} returned outputs {sorted(produced)} but declares {sorted(declared)}"
+                    )
+                results[node] = produced
         return {name: results[node][port] for name, (node, port) in self.outputs.items()}
 
     # ------------------------------------------------------------------ description
