@@ -15,42 +15,44 @@ from grounded.engine import Adapter, Pipeline
 
 pytestmark = pytest.mark.skipif(cpu_memory._glibc() is None, reason="the C library is not glibc")
 
-PAGES = 48 * 2**20 // 4096  # pages of one 48 MiB tensor (above glibc's largest mmap threshold, 32 MiB)
+MIB_PAGES = 2**20 // 4096
+SIZES = (64, 60, 56, 52, 48, 44)  # MiB, all above glibc's largest mmap threshold (32 MiB)
 
 # Run in a fresh process: glibc serves a thread from the main (brk) arena unless contention moved it to
 # another arena earlier, and other arenas map large blocks whatever mallopt says (the main thread of a
-# `grounded` run is in the main arena).
+# `grounded` run is in the main arena). Each block is a little smaller than the one freed before it: a
+# block of the same size may not fit in a freed one (PyTorch aligns its blocks, which asks glibc for a few
+# bytes more), and small allocations may take the start of a freed block.
 _PROBE = """
-import json, resource
+import json, resource, sys
 import torch
 from grounded.cpu_memory import reuse_freed_memory
 
-def faults(count=6, mib=48):
+def faults(sizes):
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    for _ in range(count):
+    for mib in sizes:
         tensor = torch.empty(mib * 2**20 // 4, dtype=torch.float32)
         tensor.fill_(1.0)  # touch every page
         del tensor
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
 
-found = {"outside": faults()}
+sizes = json.loads(sys.argv[1])
+found = {"outside": faults(sizes)}
 with reuse_freed_memory() as active:
     found["active"] = active
-    # the heap grows once; a block of the same size may not fit in a freed one (PyTorch aligns its blocks,
-    # which asks glibc for a little more), a smaller one does
-    faults(1, mib=64)
-    found["inside"] = faults()
+    faults([68])  # the heap grows once
+    found["inside"] = faults(sizes)
     with reuse_freed_memory():
         pass
-    found["after inner block"] = faults()
-found["after"] = faults()
+    found["after inner block"] = faults([42, 40, 38, 36, 34])
+found["after"] = faults(sizes)
 print(json.dumps(found))
 """
 
 
 def _probe(env: dict[str, str] | None = None) -> dict[str, Any]:
     done = subprocess.run(
-        [sys.executable, "-c", _PROBE],
+        [sys.executable, "-c", _PROBE, json.dumps(SIZES)],
         capture_output=True,
         text=True,
         check=True,
@@ -62,16 +64,17 @@ def _probe(env: dict[str, str] | None = None) -> dict[str, Any]:
 def test_freed_memory_is_reused_inside_the_block_only():
     found = _probe()
     assert found["active"]
-    assert found["outside"] >= 6 * PAGES // 2  # a fresh mapping each time (fewer with transparent huge pages)
-    assert found["inside"] <= found["outside"] // 4  # mostly the same pages again (measured: 0 or 2/3 of one)
-    assert found["after inner block"] <= found["outside"] // 4  # blocks nest: the outermost one restores
-    assert found["after"] >= PAGES  # the memory was given back: new blocks fault again
+    pages = sum(SIZES) * MIB_PAGES
+    assert found["outside"] >= pages // 2  # a fresh mapping each time (fewer with transparent huge pages)
+    assert found["inside"] <= 64 * MIB_PAGES // 16  # the pages freed before, again
+    assert found["after inner block"] <= 64 * MIB_PAGES // 16  # blocks nest: the outermost one restores
+    assert found["after"] >= 44 * MIB_PAGES  # the memory was given back: new blocks fault again
 
 
 def test_switched_off_by_environment():
     found = _probe({"GROUNDED_REUSE_FREED_MEMORY": "0"})
     assert not found["active"]
-    assert found["inside"] >= 6 * PAGES // 2
+    assert found["inside"] >= sum(SIZES) * MIB_PAGES // 2
 
 
 class _DepthProbe(Adapter):
