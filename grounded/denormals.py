@@ -10,8 +10,8 @@ fp32 SAM ViT-B encoder 12× slower on a 4:3 image than on a square one on an AMX
 this project's CI the same model has the same subnormals and no slow-down.
 
 ``torch.set_flush_denormal`` sets the flush-to-zero / denormals-are-zero bits of the *calling* thread only;
-PyTorch's OpenMP workers keep theirs, and a parallel region ends with its slowest thread, so calling it
-changes nothing (the issue's observation). :func:`flush_denormals` runs ``set_flush_denormal`` inside an
+PyTorch's OpenMP workers keep theirs, and a parallel region ends with its slowest thread: most likely why
+calling it changed nothing in the issue's measurement. :func:`flush_denormals` runs ``set_flush_denormal`` inside an
 OpenMP parallel region of the runtime PyTorch uses, so that each worker of the calling thread's team sets
 its own bits, and puts the previous state back on exit. Values below 1.2e-38 become 0: nothing a network's
 output can depend on.

@@ -88,7 +88,8 @@ def autocast(device: torch.device, precision: str) -> Iterator[None]:
     On the CPU the block also flushes subnormal floats to zero on every PyTorch thread
     (:func:`grounded.denormals.flush_denormals`: they can make x86 matmuls an order of magnitude slower) and
     keeps freed memory for reuse (:func:`grounded.cpu_memory.reuse_freed_memory`: no page faults on each
-    large temporary tensor).
+    large temporary tensor). Both are undone when the block ends; the allocator setting is the process's
+    while the block lasts.
     """
     precision = resolve_precision(precision, device)
     if precision == "fp16" and device.type == "cpu":

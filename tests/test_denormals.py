@@ -6,7 +6,7 @@ import pytest
 import torch
 from skimage import data
 
-from grounded.denormals import flush_denormals, flushing_denormals
+from grounded.denormals import flush_denormals, flushing_denormals, set_flush_denormal_all_threads
 
 TINY = torch.finfo(torch.float32).tiny
 
@@ -63,8 +63,6 @@ def test_flush_denormals_leaves_it_on_when_the_caller_had_it_on(two_threads):
         assert _subnormals(_parallel_products()[0]) == 0  # and now on the workers too
     finally:
         torch.set_flush_denormal(False)
-        from grounded.denormals import set_flush_denormal_all_threads
-
         set_flush_denormal_all_threads(False)
     assert not flushing_denormals()
 
