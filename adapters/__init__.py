@@ -1,13 +1,67 @@
-"""Built-in adapters (importable as ``grounded.adapters``); importing this package registers them."""
+"""Built-in adapters (importable as ``grounded.adapters``).
 
-from grounded.adapters.grounding_dino import GroundingDINO, MMGroundingDINO
-from grounded.adapters.inpaint import StableDiffusionInpaint  # noqa: F401  (registers sd_inpaint)
-from grounded.adapters.mask_ops import MaskOps  # noqa: F401  (registers mask_ops)
-from grounded.adapters.owlv2 import OWLv2
-from grounded.adapters.ram import RamPlusTagger, RamTagger  # noqa: F401  (registers ram, ram_plus)
-from grounded.adapters.sam import SAM, SAM2, SAMHQ
-from grounded.adapters.sam3 import SAM3
-from grounded.adapters.semantic_sam import SemanticSAM
-from grounded.adapters.taggers import BlipTagger  # noqa: F401  (registers blip)
+Each adapter module registers its adapters when imported; the registry imports them by name
+(:data:`grounded.engine.BUILTIN_ADAPTERS`), so ``import grounded.adapters`` loads none of them. The classes
+below are imported on first use: ``from grounded.adapters import SAM`` loads only the SAM module.
+"""
 
-__all__ = ["SAM", "SAM2", "SAM3", "SAMHQ", "GroundingDINO", "MMGroundingDINO", "OWLv2", "SemanticSAM"]
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from grounded.adapters.grounding_dino import GroundingDINO, MMGroundingDINO
+    from grounded.adapters.inpaint import StableDiffusionInpaint
+    from grounded.adapters.mask_ops import MaskOps
+    from grounded.adapters.owlv2 import OWLv2
+    from grounded.adapters.ram import RamPlusTagger, RamTagger
+    from grounded.adapters.sam import SAM, SAM2, SAMHQ
+    from grounded.adapters.sam3 import SAM3
+    from grounded.adapters.semantic_sam import SemanticSAM
+    from grounded.adapters.taggers import BlipTagger
+
+_CLASSES: dict[str, str] = {
+    "BlipTagger": "grounded.adapters.taggers",
+    "GroundingDINO": "grounded.adapters.grounding_dino",
+    "MMGroundingDINO": "grounded.adapters.grounding_dino",
+    "MaskOps": "grounded.adapters.mask_ops",
+    "OWLv2": "grounded.adapters.owlv2",
+    "RamPlusTagger": "grounded.adapters.ram",
+    "RamTagger": "grounded.adapters.ram",
+    "SAM": "grounded.adapters.sam",
+    "SAM2": "grounded.adapters.sam",
+    "SAM3": "grounded.adapters.sam3",
+    "SAMHQ": "grounded.adapters.sam",
+    "SemanticSAM": "grounded.adapters.semantic_sam",
+    "StableDiffusionInpaint": "grounded.adapters.inpaint",
+}
+
+__all__ = [
+    "SAM",
+    "SAM2",
+    "SAM3",
+    "SAMHQ",
+    "BlipTagger",
+    "GroundingDINO",
+    "MMGroundingDINO",
+    "MaskOps",
+    "OWLv2",
+    "RamPlusTagger",
+    "RamTagger",
+    "SemanticSAM",
+    "StableDiffusionInpaint",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _CLASSES.get(name)
+    if module is None:
+        raise AttributeError(f"module 'grounded.adapters' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_CLASSES))

@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, ClassVar, cast
 
-from grounded.detections import Detections
+from grounded.core.detections import Detections
+from grounded.core.images import LoadedImage
+from grounded.core.prompts import Prompt
 from grounded.engine import Adapter
-from grounded.images import LoadedImage
-from grounded.prompts import Prompt
 
 __all__ = ["PromptedDetector"]
 

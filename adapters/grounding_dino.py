@@ -12,15 +12,15 @@ import torch
 from torchvision.ops import batched_nms
 
 from grounded.adapters.common import PromptedDetector
-from grounded.boxes import clip_xyxy, cxcywh_to_xyxy, normalized_to_pixels
-from grounded.detections import Detections
+from grounded.core.boxes import clip_xyxy, cxcywh_to_xyxy, normalized_to_pixels
+from grounded.core.detections import Detections
+from grounded.core.images import LoadedImage
+from grounded.core.phrases import Reduction, class_scores, matched_phrase, positive_map
+from grounded.core.prompts import Caption, Prompt, PromptError, build_caption, chunk_classes
 from grounded.engine import register_adapter
-from grounded.fastpath import ContentCache, accelerate_grounding_dino, compile_modules
-from grounded.images import LoadedImage
-from grounded.phrases import Reduction, class_scores, matched_phrase, positive_map
-from grounded.prompts import Caption, Prompt, PromptError, build_caption, chunk_classes
-from grounded.runtime import autocast, check_precision, pick_device, resolve_precision
-from grounded.sources import load_model_and_processor
+from grounded.models.sources import load_model_and_processor
+from grounded.runtime.device import autocast, check_precision, pick_device, resolve_precision
+from grounded.runtime.fast_kernels import ContentCache, accelerate_grounding_dino, compile_modules
 
 __all__ = ["GroundingDINO", "MMGroundingDINO"]
 
@@ -72,8 +72,8 @@ class GroundingDINO(PromptedDetector):
             preprocessed size share a batch, so batched results equal one-by-one results.
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ...
         precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` (autocast), or ``"auto"`` (see
-            :func:`grounded.runtime.resolve_precision`).
-        fast_kernels: run deformable attention as one gather-and-sum (:mod:`grounded.fastpath`) instead of
+            :func:`grounded.runtime.device.resolve_precision`).
+        fast_kernels: run deformable attention as one gather-and-sum (:mod:`grounded.runtime.fast_kernels`) instead of
             transformers' ``grid_sample`` loop; same results up to float rounding.
         cache_size: image-backbone outputs kept (about 40 MB per image), keyed by the preprocessed pixels:
             a new prompt on a cached image skips the Swin backbone; text-encoder outputs of 8 times as many

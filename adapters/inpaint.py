@@ -1,7 +1,7 @@
 """Stable Diffusion inpainting on ``diffusers`` (``AutoPipelineForInpainting``): masks + text → edited images.
 
 The edit is computed in a context window around the mask at the model's working size and pasted back into
-the full-resolution image (:mod:`grounded.editing`): pixels outside the feathered mask stay bit-identical and
+the full-resolution image (:mod:`grounded.core.inpaint_windows`): pixels outside the feathered mask stay bit-identical and
 the output has the input's size. Three modes:
 
 * ``replace``: paint the prompt into the region (``strength`` 1.0: the region is regenerated from noise);
@@ -24,12 +24,12 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import torch
 
-from grounded.editing import Window, crop_window, paste_back, plan_window, working_mask
+from grounded.core.images import LoadedImage
+from grounded.core.inpaint_windows import Window, crop_window, paste_back, plan_window, working_mask
+from grounded.core.maskops import EditMask
 from grounded.engine import Adapter, register_adapter
-from grounded.images import LoadedImage
-from grounded.maskops import EditMask
-from grounded.runtime import PRECISIONS, pick_device
-from grounded.sources import ModelSourceError, _hub_reachable, _looks_like_path
+from grounded.models.hub import ModelSourceError, hub_reachable, looks_like_path
+from grounded.runtime.device import PRECISIONS, pick_device
 
 __all__ = ["MODES", "SCHEDULERS", "StableDiffusionInpaint", "resolve_pipeline_source"]
 
@@ -75,7 +75,7 @@ def resolve_pipeline_source(source: str | Path) -> tuple[str, bool]:
             f"inpainter {text!r} is a single checkpoint file; pass a diffusers pipeline folder or hub id "
             "(convert it with diffusers' from_single_file(...).save_pretrained(DIR))"
         )
-    if _looks_like_path(text):
+    if looks_like_path(text):
         raise ModelSourceError(f"inpainter folder {text!r} does not exist")
     from huggingface_hub import try_to_load_from_cache
 
@@ -85,7 +85,7 @@ def resolve_pipeline_source(source: str | Path) -> tuple[str, bool]:
         cached = False
     if cached:
         return text, True
-    if not _hub_reachable():
+    if not hub_reachable():
         raise ModelSourceError(
             f"inpainter {text!r} is not in the local Hugging Face cache and the hub cannot be reached: "
             f"download it on a connected machine (`hf download {text} --local-dir DIR`) and pass DIR instead"

@@ -5,16 +5,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
-from grounded.detections import Detections
+from grounded.core.detections import Detections
+from grounded.core.maskops import PICKS, EditMask, Pick, edit_mask
 from grounded.engine import Adapter, register_adapter
-from grounded.maskops import PICKS, EditMask, Pick, edit_mask
 
 __all__ = ["MaskOps"]
 
 
 @register_adapter("mask_ops")
 class MaskOps(Adapter):
-    """Turn each image's detections into one :class:`~grounded.maskops.EditMask`.
+    """Turn each image's detections into one :class:`~grounded.core.maskops.EditMask`.
 
     In this order: choose instances (``indices``, then ``min_score``, then ``pick``), take the union of their
     masks, fill holes, erode, dilate, feather. No model: ``warm_up`` does nothing.

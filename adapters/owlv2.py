@@ -9,13 +9,13 @@ import torch
 from torchvision.ops import batched_nms
 
 from grounded.adapters.common import PromptedDetector
-from grounded.boxes import clip_xyxy
-from grounded.detections import Detections
+from grounded.core.boxes import clip_xyxy
+from grounded.core.detections import Detections
+from grounded.core.images import LoadedImage
+from grounded.core.prompts import Prompt, PromptError
 from grounded.engine import register_adapter
-from grounded.images import LoadedImage
-from grounded.prompts import Prompt, PromptError
-from grounded.runtime import autocast, check_precision, pick_device
-from grounded.sources import load_model_and_processor
+from grounded.models.sources import load_model_and_processor
+from grounded.runtime.device import autocast, check_precision, pick_device
 
 __all__ = ["OWLv2"]
 

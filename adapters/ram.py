@@ -6,25 +6,25 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
+from grounded.core.images import LoadedImage
+from grounded.core.prompts import Prompt
 from grounded.engine import Adapter, register_adapter
-from grounded.images import LoadedImage
-from grounded.prompts import Prompt
-from grounded.runtime import autocast, check_precision, pick_device
-from grounded.sources import ModelSourceError
+from grounded.models.sources import ModelSourceError
+from grounded.runtime.device import autocast, check_precision, pick_device
 
 __all__ = ["RamPlusTagger", "RamTagger"]
 
 
 @register_adapter("ram")
 class RamTagger(Adapter):
-    """Tag each image with RAM or RAM++ (:mod:`grounded.ram`; the variant is read from the weights).
+    """Tag each image with RAM or RAM++ (:mod:`grounded.models.ram`; the variant is read from the weights).
 
     Outputs ``tags``: one :class:`Prompt` per image, the recognised tags in the tag list's order, or
     ``fallback`` when there is none; and ``captions``, the tags joined by ``" | "`` (the original's output).
 
     Args:
         model: an official checkpoint (``ram_swin_large_14m.pth``, ``ram_plus_swin_large_14m.pth``) or a folder
-            written by :func:`grounded.ram.save_ram`.
+            written by :func:`grounded.models.ram.save_ram`.
         tag_list: a tag list file (one per line) for a model trained on another list; default: the folder's,
             else the released 4585 tags.
         thresholds: a per-class threshold file for ``tag_list``; default: the folder's / the released ones.
@@ -82,7 +82,7 @@ class RamTagger(Adapter):
     def warm_up(self) -> None:
         if self._ram is not None:
             return
-        from grounded.ram import RamCheckpointError, load_ram
+        from grounded.models.ram import RamCheckpointError, load_ram
 
         device = pick_device(self._device_name, self.precision)
         source = self._params["model"]

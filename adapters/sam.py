@@ -11,15 +11,15 @@ from typing import Any, ClassVar
 
 import torch
 
-from grounded.compat import fix_sam_hq_decoder
-from grounded.detections import Detections
+from grounded.core.detections import Detections
+from grounded.core.images import LoadedImage
+from grounded.core.levels import Levels, LevelSelection, order_levels, select_levels
 from grounded.engine import Adapter, register_adapter
-from grounded.fastpath import accelerate_sam, compile_modules
-from grounded.granularity import Levels, LevelSelection, order_levels, select_levels
-from grounded.images import LoadedImage
-from grounded.runtime import autocast, check_precision, pick_device, resolve_precision
-from grounded.sources import ModelSourceError, load_config_checked, load_from_source, resolve_source
-from grounded.tinyvit import is_tinyvit_config, load_tinyvit_sam
+from grounded.models.sources import ModelSourceError, load_config_checked, load_from_source, resolve_source
+from grounded.models.tinyvit import is_tinyvit_config, load_tinyvit_sam
+from grounded.runtime.compat import fix_sam_hq_decoder
+from grounded.runtime.device import autocast, check_precision, pick_device, resolve_precision
+from grounded.runtime.fast_kernels import accelerate_sam, compile_modules
 
 __all__ = ["SAM", "SAM2", "SAMHQ", "ImageEmbedding"]
 
@@ -59,7 +59,7 @@ class SAM(Adapter):
         cache_size: image embeddings kept, keyed on image content (0 disables the cache).
         device, precision: as for the detector.
         fast_kernels: SAM / HQ-SAM ViT attention adds its relative-position bias a block of queries at a
-            time instead of materialising it for all (:mod:`grounded.fastpath`); bit-identical results.
+            time instead of materialising it for all (:mod:`grounded.runtime.fast_kernels`); bit-identical results.
         compile: ``torch.compile`` the image encoder (the first call is slow).
     """
 
@@ -281,7 +281,7 @@ class SAM(Adapter):
         """Every granularity level for each point ``(N, 2)`` or box ``(N, 4)`` prompt, finest first.
 
         The decoder's 3 candidates per prompt are ordered by area, near-duplicates (IoU ≥ 0.9) merged and
-        nesting checked (see :mod:`grounded.granularity`).
+        nesting checked (see :mod:`grounded.core.levels`).
         """
         if (points is None) == (boxes is None):
             raise ValueError("give points or boxes (one of them)")

@@ -1,4 +1,4 @@
-"""Semantic-SAM segmenter (our pure-PyTorch port, :mod:`grounded.semantic_sam`): boxes → masks at a granularity,
+"""Semantic-SAM segmenter (our pure-PyTorch port, :mod:`grounded.models.semantic_sam`): boxes → masks at a granularity,
 clicks / boxes → all 6 granularity levels, optional object / part labels."""
 
 from __future__ import annotations
@@ -10,15 +10,15 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from grounded.checkpoints import CheckpointError
-from grounded.detections import Detections
+from grounded.core.detections import Detections
+from grounded.core.images import LoadedImage
+from grounded.core.levels import Levels, LevelSelection
 from grounded.engine import Adapter, register_adapter
-from grounded.granularity import Levels, LevelSelection
-from grounded.images import LoadedImage
-from grounded.runtime import autocast, check_precision, pick_device
-from grounded.semantic_sam.model import ImageFeatures, SemanticSamModel
-from grounded.semantic_sam.predictor import Vocabulary, predict_levels, resize_short_side
-from grounded.sources import ModelSourceError
+from grounded.models.checkpoints import CheckpointError
+from grounded.models.semantic_sam.model import ImageFeatures, SemanticSamModel
+from grounded.models.semantic_sam.predictor import Vocabulary, predict_levels, resize_short_side
+from grounded.models.sources import ModelSourceError
+from grounded.runtime.device import autocast, check_precision, pick_device
 
 __all__ = ["SemanticSAM"]
 
@@ -106,7 +106,7 @@ class SemanticSAM(Adapter):
     def warm_up(self) -> None:
         if self._model is not None:
             return
-        from grounded.semantic_sam.checkpoints import load_semantic_sam
+        from grounded.models.semantic_sam.checkpoints import load_semantic_sam
 
         device = pick_device(self._device_name, self.precision)
         try:
@@ -141,7 +141,7 @@ class SemanticSAM(Adapter):
             raise ValueError("labels need tokenizer=: a CLIP tokenizer hub id or folder")
         from transformers import CLIPTokenizer
 
-        from grounded.sources import load_from_source
+        from grounded.models.sources import load_from_source
 
         tokenizer = load_from_source(CLIPTokenizer.from_pretrained, self._params["tokenizer"], "tokenizer")
         objects = tuple(self._params["labels"] or ())

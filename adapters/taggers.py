@@ -9,12 +9,12 @@ from typing import Any, ClassVar
 
 import torch
 
+from grounded.core.images import LoadedImage
+from grounded.core.noun_phrases import noun_phrases
+from grounded.core.prompts import Prompt
 from grounded.engine import Adapter, register_adapter
-from grounded.images import LoadedImage
-from grounded.phrases_nlp import noun_phrases
-from grounded.prompts import Prompt
-from grounded.runtime import autocast, check_precision, pick_device
-from grounded.sources import load_model_and_processor
+from grounded.models.sources import load_model_and_processor
+from grounded.runtime.device import autocast, check_precision, pick_device
 
 __all__ = ["BlipTagger"]
 
@@ -24,7 +24,7 @@ class BlipTagger(Adapter):
     """Caption each image with BLIP (``BlipForConditionalGeneration``), then take the caption's noun phrases.
 
     Outputs ``tags``: one :class:`Prompt` per image, the caption's noun phrases (see
-    :func:`grounded.phrases_nlp.noun_phrases`: de-duplicated, stop-phrases such as "a picture" removed), or
+    :func:`grounded.core.noun_phrases.noun_phrases`: de-duplicated, stop-phrases such as "a picture" removed), or
     ``fallback`` when the caption has none; and ``captions``, the captions themselves.
 
     Args:
@@ -34,7 +34,7 @@ class BlipTagger(Adapter):
         max_new_tokens: caption length limit.
         num_beams: beam search width (1: greedy).
         max_tags: keep at most this many phrases per image (first ones in the caption).
-        stop_phrases: phrases never used as tags (default: :data:`grounded.phrases_nlp.DEFAULT_STOP_PHRASES`).
+        stop_phrases: phrases never used as tags (default: :data:`grounded.core.noun_phrases.DEFAULT_STOP_PHRASES`).
         fallback: the tag when a caption has no usable noun phrase.
         batch_size: images per generation call.
         device, precision: as for the other adapters.

@@ -181,7 +181,7 @@ class Anchor:
 
 def bench_image(name: str) -> np.ndarray:
     """RGB uint8 pixels of a ``skimage.data`` image; ``NAME@SIZE`` resized to SIZE px squared (bilinear), as
-    ``grounded.benchmark.bench_image`` makes them."""
+    ``grounded.tasks.bench.bench_image`` makes them."""
     from PIL import Image
     from skimage import data
 

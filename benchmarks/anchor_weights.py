@@ -2,7 +2,7 @@
 
 The speed comparison of issue 8 runs the official code (``benchmarks/anchor_path.py``, in ``.parity-venv``) and
 grounded on identical weights. grounded's benchmark keeps its random-weight models as transformers folders
-(``grounded.benchmark._models``: Grounding DINO Swin-T + BERT-base, SAM ViT-B); this script writes the same
+(``grounded.tasks.bench._models``: Grounding DINO Swin-T + BERT-base, SAM ViT-B); this script writes the same
 weights in the released files' layouts:
 
 - ``groundingdino_swint_ogc.pth``: ``{"model": {"module.<key>": tensor}}`` (the key inverse is the independent
@@ -10,7 +10,7 @@ weights in the released files' layouts:
 - ``sam_vit_b.pth`` (``sam_hq_vit_b.pth`` with ``--hq``): a plain state dict, segment-anything's keys
 - ``bert/``: the tokenizer, BERT config and BERT weights for ``groundingdino-py``'s ``text_encoder_type``
 
-Each written file is read back through ``grounded.checkpoints`` and must give back every tensor unchanged.
+Each written file is read back through ``grounded.models.checkpoints`` and must give back every tensor unchanged.
 
 Run (grounded's venv): ``.venv/bin/python benchmarks/anchor_weights.py [--hq] [--out DIR]`` (or
 ``--detector DIR --segmenter DIR`` for other folders); prints one JSON line with the paths.
@@ -32,7 +32,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 # transformers' SAM / HQ-SAM layout → segment-anything's (and sam-hq's), applied in order: the inverse of
-# grounded.checkpoints._SAM_RENAMES (specific conv / norm names before the generic ``layer_norm<i>`` rule)
+# grounded.models.checkpoints._SAM_RENAMES (specific conv / norm names before the generic ``layer_norm<i>`` rule)
 SAM_INVERSE: list[tuple[str, str]] = [
     (r"^vision_encoder\.layers\.", "image_encoder.blocks."),
     (r"^vision_encoder\.", "image_encoder."),
@@ -126,7 +126,7 @@ def _check_gdino(model: Any, path: Path, bert_dir: Path) -> None:
     """The written file, read back by grounded's official-file loader, holds exactly ``model``'s weights."""
     from transformers import AutoConfig
 
-    from grounded.checkpoints import _load_gdino, read_state_dict
+    from grounded.models.checkpoints import _load_gdino, read_state_dict
 
     back = _load_gdino(read_state_dict(path), AutoConfig.from_pretrained(bert_dir)).state_dict()
     _same(model.state_dict(), back, skip=r"\.swin\.layernorm\.")  # transformers-only, never used
@@ -136,7 +136,7 @@ def write_sam(folder: Path, out_dir: Path, hq: bool) -> Path:
     """``sam_vit_b.pth`` (``sam_hq_vit_b.pth``) from a transformers SAM / HQ-SAM folder."""
     from transformers import SamHQModel, SamModel
 
-    from grounded.checkpoints import _load_sam, read_state_dict
+    from grounded.models.checkpoints import _load_sam, read_state_dict
 
     model = (SamHQModel if hq else SamModel).from_pretrained(folder).eval()
     path = out_dir / ("sam_hq_vit_b.pth" if hq else "sam_vit_b.pth")
@@ -168,7 +168,7 @@ def write_official(
 
 
 def main(argv: list[str] | None = None) -> int:
-    from grounded.benchmark import _cache_dir
+    from grounded.tasks.bench import _cache_dir
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--detector", type=Path, help="Grounding DINO folder (default: grounded bench's)")
@@ -179,7 +179,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     detector, segmenter, hq = args.detector, args.segmenter, args.hq_segmenter
     if detector is None or segmenter is None or (args.hq and hq is None):
-        from grounded.benchmark import _models  # built on first use, exactly as `grounded bench` builds them
+        from grounded.tasks.bench import (
+            _models,  # built on first use, exactly as `grounded bench` builds them
+        )
 
         bench = _models(False)
         detector, segmenter = detector or bench[0], segmenter or bench[1]

@@ -1,8 +1,8 @@
 """Issue 8 benchmark: text → masks speed on this machine, in one run, as Markdown tables.
 
 Prints (and with ``--out`` writes) stage times and end-to-end time of the fp32 baseline (transformers' kernels)
-and of the optimised path (``grounded.fastpath`` kernels, ``--precision``), their speed-up and output agreement,
-the cache-hit times, images/s and peak memory by batch size (``grounded.benchmark.run_benchmark``), then the
+and of the optimised path (``grounded.runtime.fast_kernels`` kernels, ``--precision``), their speed-up and output agreement,
+the cache-hit times, images/s and peak memory by batch size (``grounded.tasks.bench.run_benchmark``), then the
 speed-up over the anchor path: the official ``groundingdino-py`` ``predict`` + segment-anything ``SamPredictor``
 (and HQ-SAM's) wired as Grounded-SAM's ``grounded_sam_demo.py`` wires them, on the same weights written in the
 official file layouts (``benchmarks/anchor_weights.py``) and timed by ``benchmarks/anchor_path.py`` in the
@@ -36,7 +36,7 @@ def _parity_python() -> Path | None:
 
 def _ours_on(image: str, prompt: str, repeats: int, precision: str, hq: bool) -> dict[str, float]:
     """Median stage times of grounded's optimised path on the benchmark folders (the anchor's weights)."""
-    from grounded.benchmark import _adapters, _models, bench_image, stage_times
+    from grounded.tasks.bench import _adapters, _models, bench_image, stage_times
 
     detector_dir, segmenter_dir = _models(False, hq=hq)
     models = _adapters(detector_dir, segmenter_dir, True, precision)
@@ -48,7 +48,7 @@ def _ours_on(image: str, prompt: str, repeats: int, precision: str, hq: bool) ->
 
 def anchor_comparison(images: list[str], prompt: str, repeats: int, precision: str) -> list[dict[str, Any]]:
     """Anchor (official code) and grounded's optimised path on the same files, image by image."""
-    from grounded.benchmark import _cache_dir, _models
+    from grounded.tasks.bench import _cache_dir, _models
 
     python = _parity_python()
     if python is None:
@@ -103,7 +103,7 @@ def format_anchor(rows: list[dict[str, Any]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from grounded.benchmark import DEFAULT_PROMPT, format_results, run_benchmark
+    from grounded.tasks.bench import DEFAULT_PROMPT, format_results, run_benchmark
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(

@@ -49,7 +49,7 @@ class EvalRun:
 
 
 def _write_results(path: Path, results: list[dict[str, Any]]) -> None:
-    from grounded.export import atomic_write_text
+    from grounded.core.files import atomic_write_text
 
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(results, separators=(",", ":")) + "\n")
@@ -86,13 +86,13 @@ def _base_report(
     scoring: Scoring,
     notes: Sequence[str],
 ) -> dict[str, Any]:
-    import grounded
+    from grounded.core.version import __version__
 
     return {
         "benchmark": benchmark,
         "title": title,
         "created": now_utc(),
-        "grounded_version": grounded.__version__,
+        "grounded_version": __version__,
         "pipeline": pipeline.to_dict(),
         "pipeline_fingerprint": fingerprint,
         "protocol": protocol.params(),

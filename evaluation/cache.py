@@ -1,6 +1,6 @@
 """Per-image cache of pipeline outputs in one SQLite file, so re-scoring is instant and killed runs resume.
 
-Each entry is keyed on the image **content** (:attr:`grounded.images.LoadedImage.key`), the prompt's classes
+Each entry is keyed on the image **content** (:attr:`grounded.core.images.LoadedImage.key`), the prompt's classes
 and the pipeline's fingerprint (models and every parameter that changes outputs): a different image, prompt,
 model or setting never hits a stale entry. A second table remembers each image file's content key by path,
 size and modification time, so re-scoring a dataset does not decode its images again.

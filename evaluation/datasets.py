@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from grounded.prompts import Prompt, PromptError
+from grounded.core.prompts import Prompt, PromptError
 
 __all__ = [
     "SEGINW_ANNOTATION",

@@ -288,7 +288,7 @@ def render_chart(report: dict[str, Any]) -> bytes | None:
 
 def write_report(report: dict[str, Any], out: str | Path) -> dict[str, Path]:
     """Write ``report.json``, ``mask_ap.png`` (when there is something to plot) and ``report.md`` atomically."""
-    from grounded.export import atomic_write_bytes, atomic_write_text
+    from grounded.core.files import atomic_write_bytes, atomic_write_text
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

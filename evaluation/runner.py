@@ -11,14 +11,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from grounded.detections import Detections
+from grounded.core.detections import Detections
+from grounded.core.images import ImageLoadError, LoadedImage, load_image
 from grounded.engine import Pipeline
 from grounded.engine.serialization import pipeline_from_dict, read_pipeline_spec
 from grounded.evaluation.cache import PredictionCache, entry_key
 from grounded.evaluation.datasets import CocoDataset, DatasetError
 from grounded.evaluation.metrics import CocoScores, coco_scores
 from grounded.evaluation.protocol import EvalProtocol, Scoring, pipeline_fingerprint, protocol_overrides
-from grounded.images import ImageLoadError, LoadedImage, load_image
 
 __all__ = [
     "DatasetPredictions",
@@ -59,8 +59,8 @@ def build_eval_pipeline(
 def detections_to_records(det: Detections, classes: Sequence[str]) -> list[dict[str, Any]]:
     """JSON-ready per-detection records: ``bbox`` (xywh), ``score``, ``label`` (index into ``classes``),
     ``segmentation`` (RLE or ``None``) and ``mask_score``. Scores keep their full float32 value."""
-    from grounded.boxes import xyxy_to_xywh
-    from grounded.rle import encode_masks
+    from grounded.core.boxes import xyxy_to_xywh
+    from grounded.core.rle import encode_masks
 
     lookup = {name: i for i, name in enumerate(classes)}
     unknown = sorted({c for c in det.class_names if c not in lookup})

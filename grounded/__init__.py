@@ -4,16 +4,42 @@ Quick start::
 
     import grounded
     results = grounded.segment(["photo.jpg"], "dog . red car")   # one Detections per image
+
+The names below are imported on first use (``import grounded`` alone loads neither torch nor a model
+library), so the command line starts fast.
 """
 
-from grounded.api import segment
-from grounded.detections import Detections
-from grounded.engine import Adapter, Pipeline, load_pipeline, register_adapter
-from grounded.images import ImageLoadError, LoadedImage, load_image
-from grounded.prompts import Prompt, PromptError
-from grounded.sources import ModelSourceError
+from __future__ import annotations
 
-__version__ = "0.1.0"
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from grounded.core.version import __version__
+
+if TYPE_CHECKING:
+    from grounded.api import build_pipeline, segment
+    from grounded.core.detections import Detections
+    from grounded.core.images import ImageLoadError, LoadedImage, load_image
+    from grounded.core.prompts import Prompt, PromptError
+    from grounded.engine import Adapter, Pipeline, load_pipeline, register_adapter
+    from grounded.models.hub import ModelSourceError
+
+#: public name -> the module that defines it
+_EXPORTS: dict[str, str] = {
+    "Adapter": "grounded.engine",
+    "Detections": "grounded.core.detections",
+    "ImageLoadError": "grounded.core.images",
+    "LoadedImage": "grounded.core.images",
+    "ModelSourceError": "grounded.models.hub",
+    "Pipeline": "grounded.engine",
+    "Prompt": "grounded.core.prompts",
+    "PromptError": "grounded.core.prompts",
+    "build_pipeline": "grounded.api",
+    "load_image": "grounded.core.images",
+    "load_pipeline": "grounded.engine",
+    "register_adapter": "grounded.engine",
+    "segment": "grounded.api",
+}
 
 __all__ = [
     "Adapter",
@@ -24,8 +50,29 @@ __all__ = [
     "Pipeline",
     "Prompt",
     "PromptError",
+    "__version__",
+    "build_pipeline",
     "load_image",
     "load_pipeline",
     "register_adapter",
     "segment",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        # ``grounded.adapters`` and the other subpackages, as attributes after ``import grounded``
+        try:
+            return importlib.import_module(f"grounded.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"grounded.{name}":
+                raise
+            raise AttributeError(f"module 'grounded' has no attribute {name!r}") from None
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

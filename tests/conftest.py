@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 from skimage import data
 
-from grounded.testing import make_grounding_dino, make_sam
+from grounded.models.testing import make_grounding_dino, make_sam
 
 
 @pytest.fixture(scope="session")
@@ -52,7 +52,7 @@ def astronaut() -> np.ndarray:
 
 @pytest.fixture(scope="session")
 def tiny_sam2(models_dir) -> Path:
-    from grounded.testing import make_sam2
+    from grounded.models.testing import make_sam2
 
     return make_sam2(models_dir / "sam2", size="tiny", seed=0)
 
@@ -64,13 +64,13 @@ def tiny_mm_gdino(models_dir) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_owlv2(models_dir) -> Path:
-    from grounded.testing import make_owlv2
+    from grounded.models.testing import make_owlv2
 
     return make_owlv2(models_dir / "owlv2", size="tiny", seed=0)
 
 
 @pytest.fixture(scope="session")
 def tiny_sam3(models_dir) -> Path:
-    from grounded.testing import make_sam3
+    from grounded.models.testing import make_sam3
 
     return make_sam3(models_dir / "sam3", size="tiny", seed=0)

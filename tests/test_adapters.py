@@ -4,10 +4,10 @@ import pytest
 import torch
 
 from grounded.adapters import SAM, SAMHQ, GroundingDINO
-from grounded.detections import Detections
-from grounded.images import load_image
-from grounded.prompts import Prompt
-from grounded.sources import ModelSourceError
+from grounded.core.detections import Detections
+from grounded.core.images import load_image
+from grounded.core.prompts import Prompt
+from grounded.models.sources import ModelSourceError
 
 PROMPT = "person . red car . the man's left shoe . flag"
 
@@ -236,7 +236,7 @@ def test_segmenter_rejects_a_detector_folder_and_sam_hq_rejects_plain_sam(tiny_g
 
 
 def test_bad_precision_fails_when_built_not_at_first_use(tiny_gdino):
-    from grounded.runtime import DeviceError
+    from grounded.runtime.device import DeviceError
 
     with pytest.raises(ValueError, match="precision must be one of"):
         GroundingDINO(model=str(tiny_gdino), precision="fp8")
@@ -253,10 +253,12 @@ def test_missing_folder_and_offline_hub_give_one_clear_line(monkeypatch, tmp_pat
         SAM(model="sam_vit_b_01ec64.pth").warm_up()
     import huggingface_hub.constants
 
-    import grounded.sources
+    import grounded.models.hub
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(grounded.sources, "_in_cache", lambda repo_id: False)  # whatever this machine cached
+    monkeypatch.setattr(
+        grounded.models.hub, "in_cache", lambda repo_id: False
+    )  # whatever this machine cached
     with pytest.raises(ModelSourceError) as err:
         GroundingDINO(model="IDEA-Research/grounding-dino-tiny").warm_up()
     message = str(err.value)
@@ -280,7 +282,7 @@ def test_masks_upsampled_in_slices_equal_one_pass(tiny_sam, image_files, monkeyp
 
 
 def test_image_embeddings_are_cached_by_content(tiny_sam, image_files):
-    from grounded.images import LoadedImage
+    from grounded.core.images import LoadedImage
 
     sam = SAM(model=str(tiny_sam), cache_size=2)
     sam.warm_up()

@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 import torch
 
-from grounded.checkpoints import _rename_sam, detect_variant, read_state_dict
-from grounded.testing import _tokenizer, grounding_dino_config
+from grounded.models.checkpoints import _rename_sam, detect_variant, read_state_dict
+from grounded.models.testing import _tokenizer, grounding_dino_config
 
 warnings.filterwarnings("ignore", category=FutureWarning)
 warnings.filterwarnings("ignore", category=UserWarning)
@@ -181,8 +181,8 @@ def test_anchor_path_runs_the_official_code_on_grounded_weights(tmp_path, monkey
     from skimage import data
 
     from grounded.adapters import SAM, GroundingDINO
-    from grounded.images import load_image
-    from grounded.prompts import Prompt
+    from grounded.core.images import load_image
+    from grounded.core.prompts import Prompt
 
     monkeypatch.setenv("GROUNDED_CACHE", str(tmp_path / "cache"))  # grounded's conversion of the .pth
     detector, segmenter, ffn = _small_official_compatible_models(tmp_path / "models")

@@ -16,9 +16,9 @@ import yaml
 from PIL import Image
 from pycocotools.coco import COCO
 
-from grounded import datasets_export as dx
 from grounded.cli import main
-from grounded.rle import decode_rle
+from grounded.core.rle import decode_rle
+from grounded.tasks import datasets as dx
 
 CLASSES = "person: person, man; cup: cup, mug; flag"
 
@@ -197,7 +197,7 @@ def _dataset_bytes(out):
 
 _KILLABLE = """
 import sys, time
-from grounded import manifest
+from grounded.tasks import manifest
 original = manifest.Manifest.commit_done
 def slow(self, file, result):
     original(self, file, result)

@@ -8,9 +8,9 @@ import sys
 
 import pytest
 
-from grounded.annotate_ray import AnnotateActor, _import_ray, actor_plan, actor_spec
 from grounded.cli import CliError, _build_parser, main
-from grounded.cli_annotate import _build, _settings, collect_images
+from grounded.cli.annotate import _build, _settings, collect_images
+from grounded.tasks.annotate_ray import AnnotateActor, _import_ray, actor_plan, actor_spec
 
 ray = pytest.importorskip("ray")
 

@@ -2,8 +2,8 @@
 
 import torch
 
-from grounded.benchmark import _agreement, bench_image, format_results, healthy_weights, run_benchmark
-from grounded.detections import Detections
+from grounded.core.detections import Detections
+from grounded.tasks.bench import _agreement, bench_image, format_results, healthy_weights, run_benchmark
 
 
 def test_benchmark_reports_stages_agreement_cache_throughput_and_memory(tmp_path, monkeypatch):

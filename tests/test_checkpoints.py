@@ -15,11 +15,11 @@ import torch
 from skimage import data
 
 from grounded.adapters import SAM
-from grounded.checkpoints import CheckpointError, convert_checkpoint, detect_variant, read_state_dict
 from grounded.cli import main
-from grounded.detections import Detections
-from grounded.images import load_image
-from grounded.sources import ModelSourceError
+from grounded.core.detections import Detections
+from grounded.core.images import load_image
+from grounded.models.checkpoints import CheckpointError, convert_checkpoint, detect_variant, read_state_dict
+from grounded.models.sources import ModelSourceError
 
 warnings.filterwarnings("ignore", category=FutureWarning)
 warnings.filterwarnings("ignore", category=UserWarning)

@@ -23,16 +23,16 @@ import torch
 from skimage import data
 
 from grounded.adapters import GroundingDINO
-from grounded.checkpoints import (
+from grounded.cli import main
+from grounded.core.images import load_image
+from grounded.models.checkpoints import (
     CheckpointError,
     _swin_shape,
     convert_checkpoint,
     detect_variant,
     read_state_dict,
 )
-from grounded.cli import main
-from grounded.images import load_image
-from grounded.testing import _tokenizer, grounding_dino_config
+from grounded.models.testing import _tokenizer, grounding_dino_config
 
 warnings.filterwarnings("ignore", category=FutureWarning)
 warnings.filterwarnings("ignore", category=UserWarning)
@@ -56,7 +56,7 @@ def _text_encoder_folder(path: Path, text_config=None) -> Path:
 
 
 # ------------------------------------------------------------------------------------------------ inverse map
-# transformers' layout → the official one, written independently of grounded.checkpoints' forward rules
+# transformers' layout → the official one, written independently of grounded.models.checkpoints' forward rules
 _SW = r"^model\.backbone\.conv_encoder\.model\."
 _INVERSE: list[tuple[str, str]] = [
     (_SW + r"swin\.embeddings\.patch_embeddings\.projection\.", "backbone.0.patch_embed.proj."),
@@ -448,6 +448,6 @@ def _anchor_parity(
 
 
 def _prompt():
-    from grounded.prompts import Prompt
+    from grounded.core.prompts import Prompt
 
     return Prompt.of(CAPTION_CLASSES)

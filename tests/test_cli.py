@@ -11,7 +11,7 @@ from PIL import Image
 from pycocotools.coco import COCO
 
 from grounded.cli import _build_parser, main
-from grounded.rle import decode_rle
+from grounded.core.rle import decode_rle
 
 PROMPT = "person . red car . flag . cup"
 

@@ -5,9 +5,9 @@ import pytest
 import supervision as sv
 import torch
 
-from grounded.boxes import clip_xyxy, cxcywh_to_xyxy, normalized_to_pixels, xywh_to_xyxy, xyxy_to_xywh
-from grounded.detections import Detections
-from grounded.rle import decode_rle, encode_masks, rle_area
+from grounded.core.boxes import clip_xyxy, cxcywh_to_xyxy, normalized_to_pixels, xywh_to_xyxy, xyxy_to_xywh
+from grounded.core.detections import Detections
+from grounded.core.rle import decode_rle, encode_masks, rle_area
 
 
 def _dets(n: int = 3, with_masks: bool = True) -> Detections:

@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 
 import pytest
 
-import grounded.cpu_memory as cpu_memory
+import grounded.runtime.memory as cpu_memory
 from grounded.engine import Adapter, Pipeline
 
 pytestmark = pytest.mark.skipif(cpu_memory._glibc() is None, reason="the C library is not glibc")
@@ -26,7 +26,7 @@ SIZES = (64, 60, 56, 52, 48, 44)  # MiB, all above glibc's largest mmap threshol
 _PROBE = """
 import json, resource, sys
 import torch
-from grounded.cpu_memory import reuse_freed_memory
+from grounded.runtime.memory import reuse_freed_memory
 
 def faults(sizes):
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt

@@ -6,7 +6,7 @@ import pytest
 import torch
 from skimage import data
 
-from grounded.denormals import flush_denormals, flushing_denormals, set_flush_denormal_all_threads
+from grounded.runtime.denormals import flush_denormals, flushing_denormals, set_flush_denormal_all_threads
 
 TINY = torch.finfo(torch.float32).tiny
 
@@ -74,9 +74,9 @@ def test_sam_adapter_flushes_the_subnormals_of_a_padded_non_square_image(tiny_sa
 
     from transformers import SamModel, SamProcessor
 
-    import grounded.runtime
+    import grounded.runtime.device
     from grounded.adapters import SAM
-    from grounded.images import load_image
+    from grounded.core.images import load_image
 
     coffee = data.coffee()  # 400x600: padded to a square
     model = SamModel.from_pretrained(tiny_sam).eval()
@@ -94,5 +94,5 @@ def test_sam_adapter_flushes_the_subnormals_of_a_padded_non_square_image(tiny_sa
     segmenter.warm_up()
     image = load_image(coffee, name="coffee")
     assert _subnormals(segmenter.encode([image])[0].embedding) == 0
-    monkeypatch.setattr(grounded.runtime, "flush_denormals", contextlib.nullcontext)
+    monkeypatch.setattr(grounded.runtime.device, "flush_denormals", contextlib.nullcontext)
     assert _subnormals(segmenter.encode([image])[0].embedding) > 0  # what the adapter would give without

@@ -11,12 +11,12 @@ from PIL import Image
 from skimage import data
 
 from grounded.cli import _build_parser, main
-from grounded.detections import Detections
+from grounded.core.detections import Detections
+from grounded.core.images import load_image
+from grounded.core.maskops import dilate
 from grounded.engine import load_pipeline, pipeline_from_dict
-from grounded.images import load_image
-from grounded.maskops import dilate
-from grounded.sources import ModelSourceError
-from grounded.testing import make_sd_inpainting
+from grounded.models.sources import ModelSourceError
+from grounded.models.testing import make_sd_inpainting
 
 FAST = {"steps": 2}
 

@@ -5,7 +5,9 @@ from typing import Any, ClassVar
 import pytest
 import yaml
 
-from grounded.detections import Detections
+from grounded.core.detections import Detections
+from grounded.core.images import LoadedImage
+from grounded.core.prompts import Prompt
 from grounded.engine import (
     Adapter,
     Pipeline,
@@ -23,8 +25,6 @@ from grounded.engine import (
     types_compatible,
 )
 from grounded.engine import registry as registry_module
-from grounded.images import LoadedImage
-from grounded.prompts import Prompt
 
 
 class Words(Adapter):

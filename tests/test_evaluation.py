@@ -24,7 +24,9 @@ from skimage import data
 
 from grounded.adapters import GroundingDINO
 from grounded.cli import main
-from grounded.detections import Detections
+from grounded.core.detections import Detections
+from grounded.core.images import LoadedImage
+from grounded.core.prompts import Prompt
 from grounded.engine import Adapter, Pipeline, register_adapter
 from grounded.evaluation import (
     SEGINW_ANNOTATION,
@@ -43,8 +45,6 @@ from grounded.evaluation import (
     protocol_deviations,
     score_dataset,
 )
-from grounded.images import LoadedImage
-from grounded.prompts import Prompt
 
 # ---------------------------------------------------------------------- fixture datasets
 # (skimage name, file extension, [(category id, polygon x0 y0 x1 y1 ...)]); polygons stay inside the image.

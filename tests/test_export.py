@@ -16,19 +16,17 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from skimage import data
 
-from grounded.detections import Detections
-from grounded.export import (
+from grounded.core.detections import Detections
+from grounded.core.files import atomic_write_bytes, atomic_write_text, encode_png
+from grounded.core.images import LoadedImage, load_image
+from grounded.core.rle import decode_rle
+from grounded.tasks.export import (
     CocoWriter,
-    atomic_write_bytes,
-    atomic_write_text,
-    encode_png,
     image_json,
     label_image,
     overlay_image,
     write_image_results,
 )
-from grounded.images import LoadedImage, load_image
-from grounded.rle import decode_rle
 
 
 def _rect(size: tuple[int, int], y0: int, y1: int, x0: int, x1: int) -> torch.Tensor:

@@ -9,10 +9,10 @@ from PIL import Image
 
 from grounded.adapters import SAM, SAM2
 from grounded.cli import main
-from grounded.detections import Detections
-from grounded.granularity import order_levels, select_levels
-from grounded.images import load_image
-from grounded.rle import decode_rle
+from grounded.core.detections import Detections
+from grounded.core.images import load_image
+from grounded.core.levels import order_levels, select_levels
+from grounded.core.rle import decode_rle
 
 
 def _rect(y0: int, y1: int, x0: int, x1: int, size=(40, 40)) -> torch.Tensor:

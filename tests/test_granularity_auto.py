@@ -7,9 +7,9 @@ import pytest
 import torch
 from skimage import data
 
-from grounded.granularity import Levels, order_levels
-from grounded.granularity_auto import masks_to_boxes, point_grid, segment_everything
-from grounded.images import load_image
+from grounded.core.images import load_image
+from grounded.core.levels import Levels, order_levels
+from grounded.tasks.everything import masks_to_boxes, point_grid, segment_everything
 
 
 def test_point_grid_centres_cells():
@@ -119,7 +119,7 @@ def test_with_tiny_sam(tiny_sam):
 
 def test_with_tiny_semantic_sam(tmp_path):
     from grounded.adapters.semantic_sam import SemanticSAM
-    from grounded.semantic_sam.testing import make_semantic_sam
+    from grounded.models.semantic_sam.testing import make_semantic_sam
 
     folder = make_semantic_sam(tmp_path / "semsam", "tiny", seed=0)
     image = load_image(data.coffee()[::4, ::4].copy(), name="coffee")

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 from skimage import data
 
-from grounded.images import ImageLoadError, LoadedImage, load_image, load_images, unique_names
+from grounded.core.images import ImageLoadError, LoadedImage, load_image, load_images, unique_names
 
 
 def _save(image: Image.Image, path: Path, **kwargs) -> Path:

@@ -5,9 +5,9 @@ import pytest
 import torch
 from scipy import ndimage
 
-from grounded.detections import Detections
-from grounded.editing import crop_window, paste_back, plan_window, working_mask
-from grounded.maskops import dilate, edit_mask, erode, feather, fill_holes, pick_instances, union
+from grounded.core.detections import Detections
+from grounded.core.inpaint_windows import crop_window, paste_back, plan_window, working_mask
+from grounded.core.maskops import dilate, edit_mask, erode, feather, fill_holes, pick_instances, union
 
 
 def _disk(size, center, radius):

@@ -7,9 +7,9 @@ import torch
 
 from grounded.adapters import GroundingDINO, MMGroundingDINO
 from grounded.cli import main
-from grounded.images import load_image
-from grounded.prompts import Prompt
-from grounded.sources import ModelSourceError
+from grounded.core.images import load_image
+from grounded.core.prompts import Prompt
+from grounded.models.sources import ModelSourceError
 
 
 def test_mm_grounding_dino_detects_with_real_classes(tiny_mm_gdino, astronaut):

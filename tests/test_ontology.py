@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from grounded.detections import Detections
-from grounded.ontology import Ontology, OntologyError
-from grounded.prompts import Prompt
+from grounded.core.detections import Detections
+from grounded.core.ontology import Ontology, OntologyError
+from grounded.core.prompts import Prompt
 
 
 def test_plain_list_and_per_class_prompts():

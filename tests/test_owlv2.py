@@ -7,8 +7,8 @@ import torch
 
 from grounded.adapters import OWLv2
 from grounded.cli import main
-from grounded.images import load_image
-from grounded.prompts import PromptError
+from grounded.core.images import load_image
+from grounded.core.prompts import PromptError
 
 PROMPT = "cup . spoon . table"
 

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from grounded.phrases import class_scores, matched_phrase, positive_map
-from grounded.prompts import Prompt, PromptError, build_caption, chunk_classes, parse_prompt
+from grounded.core.phrases import class_scores, matched_phrase, positive_map
+from grounded.core.prompts import Prompt, PromptError, build_caption, chunk_classes, parse_prompt
 
 
 def test_parse_prompt_splits_normalises_and_dedupes():

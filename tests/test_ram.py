@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
+from grounded.core.images import load_image
+from grounded.core.prompts import Prompt
 from grounded.engine import load_pipeline
-from grounded.images import load_image
-from grounded.prompts import Prompt
-from grounded.ram import (
+from grounded.models.ram import (
     Ram,
     RamCheckpointError,
     RamConfig,
@@ -27,10 +27,10 @@ from grounded.ram import (
     save_ram,
     to_official_state_dict,
 )
-from grounded.ram.testing import TINY_TAGS, make_ram, random_ram
-from grounded.ram.transform import resize
-from grounded.runtime import autocast
-from grounded.sources import ModelSourceError
+from grounded.models.ram.testing import TINY_TAGS, make_ram, random_ram
+from grounded.models.ram.transform import resize
+from grounded.models.sources import ModelSourceError
+from grounded.runtime.device import autocast
 
 PARITY = Path(__file__).parent / "parity"
 

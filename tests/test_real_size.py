@@ -7,8 +7,8 @@ import pytest
 from PIL import Image
 
 from grounded.cli import main
-from grounded.rle import decode_rle
-from grounded.testing import make_grounding_dino, make_sam
+from grounded.core.rle import decode_rle
+from grounded.models.testing import make_grounding_dino, make_sam
 
 pytestmark = pytest.mark.slow
 

@@ -4,10 +4,10 @@ import pytest
 import torch
 
 from grounded.adapters import SAM2
-from grounded.detections import Detections
+from grounded.core.detections import Detections
+from grounded.core.images import load_image
 from grounded.engine import load_pipeline
-from grounded.images import load_image
-from grounded.sources import ModelSourceError
+from grounded.models.sources import ModelSourceError
 
 
 def _dets(boxes: torch.Tensor, size: tuple[int, int]) -> Detections:

@@ -9,9 +9,9 @@ from PIL import Image
 
 from grounded.adapters import SAM3
 from grounded.cli import main
-from grounded.images import load_image
-from grounded.prompts import PromptError
-from grounded.rle import decode_rle
+from grounded.core.images import load_image
+from grounded.core.prompts import PromptError
+from grounded.core.rle import decode_rle
 
 
 def test_sam3_equals_the_documented_path_class_by_class(tiny_sam3, image_files):

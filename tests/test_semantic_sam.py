@@ -13,9 +13,9 @@ import pytest
 import torch
 from skimage import data
 
-from grounded.checkpoints import CheckpointError
-from grounded.images import load_image
-from grounded.semantic_sam import (
+from grounded.core.images import load_image
+from grounded.models.checkpoints import CheckpointError
+from grounded.models.semantic_sam import (
     SemanticSamModel,
     build_levels,
     config_from_official,
@@ -26,8 +26,13 @@ from grounded.semantic_sam import (
     save_semantic_sam,
     to_official_state_dict,
 )
-from grounded.semantic_sam.predictor import LabeledLevels, Vocabulary, predict_levels, prompt_anchors
-from grounded.semantic_sam.testing import TINY_TEXT, make_official_checkpoint, make_semantic_sam, random_model
+from grounded.models.semantic_sam.predictor import LabeledLevels, Vocabulary, predict_levels, prompt_anchors
+from grounded.models.semantic_sam.testing import (
+    TINY_TEXT,
+    make_official_checkpoint,
+    make_semantic_sam,
+    random_model,
+)
 
 PARITY = Path(__file__).parent / "parity"
 
@@ -213,7 +218,7 @@ def test_predict_levels_six_granularities(tiny_folder, coffee):
 
 def test_adapter_segments_detection_boxes(tiny_folder, coffee):
     from grounded.adapters.semantic_sam import SemanticSAM
-    from grounded.detections import Detections
+    from grounded.core.detections import Detections
 
     image = load_image(coffee, name="coffee")
     det = Detections(
@@ -240,7 +245,7 @@ def test_adapter_segments_detection_boxes(tiny_folder, coffee):
 
 
 def test_labels_from_the_object_and_part_heads(coffee):
-    from grounded.testing import clip_tokenizer
+    from grounded.models.testing import clip_tokenizer
 
     model = random_model("tiny", seed=1, text_encoder=TINY_TEXT)
     tokenizer = clip_tokenizer(max_length=TINY_TEXT.context_length)
@@ -275,7 +280,7 @@ def test_labels_from_the_object_and_part_heads(coffee):
 
 def test_released_checkpoints_have_no_text_encoder(tiny_folder, coffee):
     from grounded.adapters.semantic_sam import SemanticSAM
-    from grounded.sources import ModelSourceError
+    from grounded.models.sources import ModelSourceError
 
     seg = SemanticSAM(model=str(tiny_folder), labels=["cup"], tokenizer="x", device="cpu")
     with pytest.raises(ModelSourceError, match="no text encoder"):

@@ -1,4 +1,4 @@
-"""The fast paths (grounded.fastpath) compute what transformers computes, and the caches never mix inputs up."""
+"""The fast paths (grounded.runtime.fast_kernels) compute what transformers computes, and the caches never mix inputs up."""
 
 import pytest
 import torch
@@ -7,11 +7,16 @@ from transformers.models.grounding_dino.modeling_grounding_dino import MultiScal
 from transformers.models.sam.modeling_sam import SamVisionSdpaAttention
 from transformers.models.sam_hq.modeling_sam_hq import SamHQVisionSdpaAttention
 
-import grounded.fastpath as fastpath
-import grounded.runtime as runtime
+import grounded.runtime.device as runtime
+import grounded.runtime.fast_kernels as fastpath
 from grounded.adapters import SAM, SAMHQ, GroundingDINO
-from grounded.fastpath import ContentCache, deformable_attention, rel_pos_attention_forward, tensor_digest
-from grounded.images import load_image
+from grounded.core.images import load_image
+from grounded.runtime.fast_kernels import (
+    ContentCache,
+    deformable_attention,
+    rel_pos_attention_forward,
+    tensor_digest,
+)
 
 PROMPT = "person . flag . helmet"
 
@@ -80,8 +85,8 @@ def test_deformable_attention_reads_zeros_far_outside_the_map():
 def test_fused_bi_attention_equals_transformers(masked):
     from transformers.models.grounding_dino.modeling_grounding_dino import GroundingDinoBiMultiHeadAttention
 
-    from grounded.fastpath import fused_bi_attention_forward
-    from grounded.testing import grounding_dino_config
+    from grounded.models.testing import grounding_dino_config
+    from grounded.runtime.fast_kernels import fused_bi_attention_forward
 
     config = grounding_dino_config("tiny")
     torch.manual_seed(3)
@@ -257,8 +262,8 @@ def test_fast_kernels_under_bf16_autocast_stay_close_to_fp32():
     """The kernels keep working (dtypes, float32 row numbers) when autocast feeds them bf16."""
     from transformers.models.grounding_dino.modeling_grounding_dino import GroundingDinoBiMultiHeadAttention
 
-    from grounded.fastpath import fused_bi_attention_forward
-    from grounded.testing import grounding_dino_config
+    from grounded.models.testing import grounding_dino_config
+    from grounded.runtime.fast_kernels import fused_bi_attention_forward
 
     torch.manual_seed(4)
     shapes = [(7, 9), (4, 5)]

@@ -5,11 +5,11 @@ import pytest
 import torch
 from transformers import AutoProcessor, BlipForConditionalGeneration
 
+from grounded.core.images import load_image
+from grounded.core.noun_phrases import noun_phrases
+from grounded.core.prompts import Prompt
 from grounded.engine import load_pipeline
-from grounded.images import load_image
-from grounded.phrases_nlp import noun_phrases
-from grounded.prompts import Prompt
-from grounded.testing import make_blip
+from grounded.models.testing import make_blip
 
 CAPTIONS = [
     ("a man riding a red bicycle next to a brown dog", ["man", "red bicycle", "brown dog"]),

@@ -16,11 +16,11 @@ import torch
 from skimage import data
 
 from grounded.adapters import SAM, SAMHQ
-from grounded.checkpoints import CheckpointError, convert_checkpoint, detect_variant, read_state_dict
 from grounded.cli import main
-from grounded.detections import Detections
-from grounded.images import load_image
-from grounded.tinyvit import WEIGHTS_NAME, load_tinyvit_sam
+from grounded.core.detections import Detections
+from grounded.core.images import load_image
+from grounded.models.checkpoints import CheckpointError, convert_checkpoint, detect_variant, read_state_dict
+from grounded.models.tinyvit import WEIGHTS_NAME, load_tinyvit_sam
 
 warnings.filterwarnings("ignore", category=FutureWarning)
 warnings.filterwarnings("ignore", category=UserWarning)

@@ -3,6 +3,7 @@
 from grounded.engine.adapter import Adapter, Port, input_ports, output_ports
 from grounded.engine.pipeline import Pipeline, PipelineConnectionError, PipelineError, types_compatible
 from grounded.engine.registry import (
+    BUILTIN_ADAPTERS,
     ENTRY_POINT_GROUP,
     UnknownAdapterError,
     available_adapters,
@@ -12,6 +13,7 @@ from grounded.engine.registry import (
 from grounded.engine.serialization import builtin_pipelines, dump_pipeline, load_pipeline, pipeline_from_dict
 
 __all__ = [
+    "BUILTIN_ADAPTERS",
     "ENTRY_POINT_GROUP",
     "Adapter",
     "Pipeline",

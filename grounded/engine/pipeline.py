@@ -9,8 +9,8 @@ from typing import Any
 
 import networkx as nx
 
-from grounded.cpu_memory import reuse_freed_memory
 from grounded.engine.adapter import Adapter, Port, input_ports, output_ports, type_name
+from grounded.runtime.memory import reuse_freed_memory
 
 __all__ = ["Pipeline", "PipelineConnectionError", "PipelineError", "types_compatible"]
 

@@ -1,5 +1,5 @@
 """The official side of the RAM / RAM++ parity test: runs the original code (xinyu1205/recognize-anything) on a
-tiny random model and writes the reference files tests/test_ram.py compares ``grounded.ram`` against.
+tiny random model and writes the reference files tests/test_ram.py compares ``grounded.models.ram`` against.
 
 Runs in a separate venv (the original needs transformers < 4.50 and timm), e.g.::
 

@@ -10,7 +10,7 @@ official code: the compiled ``MultiScaleDeformableAttention`` module is replaced
 the official ``MSDeformAttn`` takes its own pure-PyTorch fallback (``ms_deform_attn_core_pytorch``); and the
 ``.cuda()`` / ``.to("cuda")`` calls of the demo code are redirected to the CPU.
 
-The weights are the official-format file that ``grounded.semantic_sam.testing.make_official_checkpoint`` writes
+The weights are the official-format file that ``grounded.models.semantic_sam.testing.make_official_checkpoint`` writes
 (``{"model.<official key>": tensor}``): the official ``BaseModel.from_pretrained`` loads it, and the script checks
 that it filled every parameter of the official module tree and that no key went unused.
 
@@ -33,7 +33,7 @@ import torch
 
 warnings.filterwarnings("ignore")
 
-#: the tiny preset of grounded.semantic_sam.config, as overrides of the official Swin-T config
+#: the tiny preset of grounded.models.semantic_sam.config, as overrides of the official Swin-T config
 TINY = {
     ("MODEL", "BACKBONE", "SWIN", "EMBED_DIM"): 16,
     ("MODEL", "BACKBONE", "SWIN", "DEPTHS"): [1, 1, 2, 1],

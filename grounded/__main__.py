@@ -1,0 +1,7 @@
+"""``python -m grounded``: the same as the ``grounded`` command."""
+
+import sys
+
+from grounded.cli import main
+
+sys.exit(main())

@@ -1,0 +1,172 @@
+"""Writing results: per-image JSON, overlay PNG and 16-bit label PNG, or one COCO file for a whole run.
+
+Every file is written atomically (temporary file in the same directory, ``fsync``, ``os.replace``), so an
+interrupted run never leaves a half-written result behind.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from grounded.core.detections import Detections
+from grounded.core.files import atomic_write_bytes, atomic_write_text, compact_json, encode_png
+from grounded.core.images import LoadedImage
+
+__all__ = [
+    "CocoWriter",
+    "image_json",
+    "label_image",
+    "overlay_image",
+    "write_image_results",
+]
+
+
+def label_image(det: Detections) -> np.ndarray:
+    """uint16 ``(H, W)`` instance map: 0 is background, detection ``i`` is ``i + 1``.
+
+    Where masks overlap the higher-scoring detection wins (ties go to the earlier detection).
+    """
+    if det.masks is None:
+        raise ValueError("label_image needs masks, but these detections have none")
+    n = len(det)
+    if n > 65535:
+        raise ValueError(f"a uint16 label image holds at most 65535 instances, got {n}")
+    masks = det.masks.detach().cpu().numpy()
+    scores = det.scores.detach().float().cpu().numpy()
+    labels = np.zeros(det.image_size, dtype=np.uint16)
+    for i in np.lexsort((-np.arange(n), scores)):  # ascending score; among ties the earliest is painted last
+        labels[masks[i]] = i + 1
+    return labels
+
+
+def overlay_image(image: LoadedImage, det: Detections) -> np.ndarray:
+    """The image with masks, boxes and ``"class score"`` labels drawn on it, colored by class (uint8 RGB)."""
+    _check_size(image, det)
+    if len(det) == 0:
+        return image.pixels.copy()
+    with warnings.catch_warnings():  # supervision warns at import that it falls back to NumPy without OpenCV
+        warnings.filterwarnings("ignore", message=".*OpenCV.*not installed", category=UserWarning)
+        import supervision as sv
+
+    sv_det = det.to_supervision()
+    height, width = image.size
+    thickness = sv.calculate_optimal_line_thickness((width, height))
+    text_scale = max(0.4, sv.calculate_optimal_text_scale((width, height)))
+    labels = [f"{name} {score:.2f}" for name, score in zip(det.class_names, det.scores.tolist(), strict=True)]
+    lookup = sv.ColorLookup.CLASS
+    # supervision draws colors in OpenCV's BGR order, so annotate a BGR copy and flip back.
+    scene = np.ascontiguousarray(image.pixels[..., ::-1])
+    if det.masks is not None:
+        scene = sv.MaskAnnotator(color_lookup=lookup).annotate(scene, sv_det)
+    scene = sv.BoxAnnotator(thickness=thickness, color_lookup=lookup).annotate(scene, sv_det)
+    scene = sv.LabelAnnotator(
+        color_lookup=lookup,
+        text_scale=text_scale,
+        text_thickness=max(1, thickness // 2),
+        text_padding=thickness * 3,
+    ).annotate(scene, sv_det, labels=labels)
+    return np.ascontiguousarray(scene[..., ::-1])
+
+
+def _check_size(image: LoadedImage, det: Detections) -> None:
+    if tuple(det.image_size) != image.size:
+        raise ValueError(f"detections are for size {det.image_size} but image {image.name!r} is {image.size}")
+
+
+# ---------------------------------------------------------------------- per-image results
+def _file_name(image: LoadedImage) -> str:
+    return image.path.name if image.path is not None else image.name
+
+
+def image_json(image: LoadedImage, det: Detections) -> dict[str, Any]:
+    """The JSON document of one image: image info, the prompt's classes and COCO-style detection records."""
+    _check_size(image, det)
+    height, width = image.size
+    return {
+        "image": {"file_name": _file_name(image), "height": height, "width": width},
+        "classes": list(det.classes),
+        "detections": det.to_coco_records(),
+    }
+
+
+def write_image_results(out_dir: Path, name: str, image: LoadedImage, det: Detections) -> list[Path]:
+    """Write ``NAME.png`` (overlay), ``NAME_labels.png`` (uint16, when there are masks), then ``NAME.json``.
+
+    Creates ``out_dir`` if needed and returns the paths written.
+    """
+    if not name or name in (".", "..") or "/" in name or os.sep in name or (os.altsep and os.altsep in name):
+        raise ValueError(f"invalid output name {name!r}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = [out_dir / f"{name}.png"]
+    atomic_write_bytes(written[0], encode_png(overlay_image(image, det)))
+    if det.masks is not None:
+        written.append(out_dir / f"{name}_labels.png")
+        atomic_write_bytes(written[-1], encode_png(label_image(det)))
+    # the JSON goes last: its presence marks the image as complete (``grounded segment --skip-existing``)
+    written.append(out_dir / f"{name}.json")
+    atomic_write_text(written[-1], compact_json(image_json(image, det)))
+    return written
+
+
+# ---------------------------------------------------------------------- one COCO file per run
+class CocoWriter:
+    """Collects the detections of a whole run into one COCO dataset (images, categories, annotations).
+
+    Categories are the union of every image's classes in first-seen order; an annotation's
+    ``category_id`` is the run-level id of its class *name*, so images prompted with different class lists
+    still map consistently. ``iscrowd`` is always 0.
+    """
+
+    def __init__(self) -> None:
+        self._images: list[dict[str, Any]] = []
+        self._annotations: list[dict[str, Any]] = []
+        self._categories: dict[str, int] = {}
+
+    def add(self, image: LoadedImage, det: Detections) -> int:
+        """Add one image and its detections; returns its image id (1-based, in the order added)."""
+        _check_size(image, det)
+        image_id = len(self._images) + 1
+        height, width = image.size
+        self._images.append(
+            {"id": image_id, "file_name": _file_name(image), "height": height, "width": width}
+        )
+        for name in det.classes:
+            self._categories.setdefault(name, len(self._categories) + 1)
+        for record in det.to_coco_records():
+            box = record["bbox"]
+            annotation: dict[str, Any] = {
+                "id": len(self._annotations) + 1,
+                "image_id": image_id,
+                "category_id": self._categories[record["category"]],
+                "bbox": box,
+                "area": record.get("area", round(box[2] * box[3], 3)),
+                "iscrowd": 0,
+                "score": record["score"],
+            }
+            if "segmentation" in record:
+                annotation["segmentation"] = record["segmentation"]
+            if "mask_score" in record:
+                annotation["mask_score"] = record["mask_score"]
+            annotation["phrase"] = record["phrase"]
+            self._annotations.append(annotation)
+        return image_id
+
+    def to_dict(self) -> dict[str, Any]:
+        """The COCO dataset as a JSON-ready dict."""
+        return {
+            "images": [dict(im) for im in self._images],
+            "annotations": [dict(ann) for ann in self._annotations],
+            "categories": [{"id": cid, "name": name} for name, cid in self._categories.items()],
+        }
+
+    def write(self, path: Path) -> None:
+        """Write the COCO JSON atomically (creating the parent directory if needed)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, compact_json(self.to_dict()))
