@@ -13,13 +13,13 @@ from torchvision.ops import batched_nms
 
 from grounded.adapters.common import PromptedDetector
 from grounded.core.boxes import clip_xyxy, cxcywh_to_xyxy, normalized_to_pixels
+from grounded.core.checks import at_least, in_unit_interval, one_of
 from grounded.core.detections import Detections
 from grounded.core.images import LoadedImage
 from grounded.core.phrases import Reduction, class_scores, matched_phrase, positive_map
 from grounded.core.prompts import Caption, Prompt, PromptError, build_caption, chunk_classes
 from grounded.engine import register_adapter
-from grounded.models.sources import load_model_and_processor
-from grounded.runtime.device import autocast, check_precision, pick_device, resolve_precision
+from grounded.runtime.device import autocast
 from grounded.runtime.fast_kernels import ContentCache, accelerate_grounding_dino, compile_modules
 
 __all__ = ["GroundingDINO", "MMGroundingDINO"]
@@ -82,6 +82,8 @@ class GroundingDINO(PromptedDetector):
     """
 
     model_types: ClassVar[tuple[str, ...]] = ("grounding-dino", "mm-grounding-dino")
+    model_class: ClassVar[str] = "AutoModelForZeroShotObjectDetection"
+    class_reduction: Reduction
 
     def __init__(
         self,
@@ -102,72 +104,20 @@ class GroundingDINO(PromptedDetector):
         cache_size: int = 2,
         compile: bool = False,
     ) -> None:
-        if cache_size < 0:
-            raise ValueError("cache_size must be at least 0")
-        if not 0.0 <= box_threshold <= 1.0 or not 0.0 <= text_threshold <= 1.0:
-            raise ValueError("box_threshold and text_threshold must lie in [0, 1]")
-        if top_k < 1 or batch_size < 1:
-            raise ValueError("top_k and batch_size must be at least 1")
-        check_precision(precision)
-        if class_reduction not in ("max", "mean"):
-            raise ValueError(f"class_reduction must be 'max' or 'mean', got {class_reduction!r}")
-        if image_backend not in (None, "pil", "torchvision"):
-            raise ValueError(f"image_backend must be None, 'pil' or 'torchvision', got {image_backend!r}")
-        super().__init__(
-            model=str(model),
-            box_threshold=box_threshold,
-            text_threshold=text_threshold,
-            top_k=top_k,
-            nms_threshold=nms_threshold,
-            multi_label=multi_label,
-            class_reduction=class_reduction,
-            clip_boxes=clip_boxes,
-            image_backend=image_backend,
-            batch_size=batch_size,
-            pad_batches=pad_batches,
-            device=device,
-            precision=precision,
-            fast_kernels=fast_kernels,
-            cache_size=cache_size,
-            compile=compile,
-        )
-        self.box_threshold = box_threshold
-        self.text_threshold = text_threshold
-        self.top_k = top_k
-        self.nms_threshold = nms_threshold
-        self.multi_label = multi_label
-        self.class_reduction: Reduction = class_reduction
-        self.clip_boxes = clip_boxes
-        self.image_backend = image_backend
-        self.batch_size = batch_size
-        self.pad_batches = pad_batches
-        self.precision = precision
-        self.fast_kernels = fast_kernels
-        self.cache_size = cache_size
-        self.compile = compile
-        self._device_name = device
-        self._model: Any = None
-        self._processor: Any = None
+        at_least(0, cache_size=cache_size)
+        in_unit_interval(box_threshold=box_threshold, text_threshold=text_threshold)
+        at_least(1, top_k=top_k, batch_size=batch_size)
+        one_of("class_reduction", class_reduction, ("max", "mean"))
+        one_of("image_backend", image_backend, (None, "pil", "torchvision"))
+        super().__init__()
         self._captions: dict[tuple[str, ...], list[_EncodedCaption]] = {}
 
     # ------------------------------------------------------------------ loading
-    def warm_up(self) -> None:
-        if self._model is not None:
-            return
-        from transformers import AutoModelForZeroShotObjectDetection
+    def processor_options(self) -> dict[str, Any] | None:
+        return {"backend": self.image_backend} if self.image_backend else None
 
-        device = pick_device(self._device_name, self.precision)
-        self._processor, model = load_model_and_processor(
-            self._params["model"],
-            "detector",
-            self.model_types,
-            self.registry_name,
-            AutoModelForZeroShotObjectDetection.from_pretrained,
-            {"backend": self.image_backend} if self.image_backend else None,
-        )
-        self.device = device
-        self.precision = resolve_precision(self.precision, device)
-        self._model = accelerate_grounding_dino(model.to(device), self.fast_kernels, self.cache_size)
+    def prepare(self) -> None:
+        self._model = accelerate_grounding_dino(self._model, self.fast_kernels, self.cache_size)
         if self.compile:
             compile_modules(self._model.model.encoder, self._model.model.decoder)
 

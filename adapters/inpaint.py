@@ -199,35 +199,7 @@ class StableDiffusionInpaint(Adapter):
             raise ValueError(f"seed must lie in [0, 2**63), got {seed}")
         if precision != "auto" and precision not in PRECISIONS:
             raise ValueError(f"precision must be auto or one of {', '.join(PRECISIONS)}, got {precision!r}")
-        super().__init__(
-            model=str(model),
-            mode=mode,
-            prompt=prompt,
-            negative_prompt=negative_prompt,
-            remove_prompt=remove_prompt,
-            steps=steps,
-            guidance_scale=guidance_scale,
-            strength=strength,
-            scheduler=scheduler,
-            seed=seed,
-            resolution=resolution,
-            padding=padding,
-            device=device,
-            precision=precision,
-        )
-        self.mode: Mode = mode
-        self.prompt = prompt
-        self.negative_prompt = negative_prompt
-        self.remove_prompt = remove_prompt
-        self.steps = steps
-        self.guidance_scale = guidance_scale
-        self.strength = strength
-        self.scheduler = scheduler
-        self.seed = seed
-        self.resolution = resolution
-        self.padding = padding
-        self.precision = precision
-        self._device_name = device
+        super().__init__()
         self._pipe: Any = None
         self._base: Any = None  # the shared pipeline whose components ``_pipe`` uses
 
@@ -241,7 +213,7 @@ class StableDiffusionInpaint(Adapter):
             raise ModelSourceError(
                 "the inpainter needs diffusers: pip install 'grounded[edit]' (or pip install diffusers)"
             ) from None
-        device = pick_device(self._device_name, "fp32" if self.precision == "auto" else self.precision)
+        device = pick_device(self._params["device"], "fp32" if self.precision == "auto" else self.precision)
         dtype = _dtype(self.precision, device)
         name, local_only = resolve_pipeline_source(self._params["model"])
         key = (name, str(dtype), str(device))

@@ -50,23 +50,7 @@ class MaskOps(Adapter):
                 raise ValueError(f"{name} must be >= 0 pixels, got {value}")
         if not 0.0 <= min_score <= 1.0:
             raise ValueError(f"min_score must lie in [0, 1], got {min_score}")
-        index_list = None if indices is None else [int(i) for i in indices]
-        super().__init__(
-            pick=pick,
-            indices=index_list,
-            min_score=min_score,
-            fill_holes=fill_holes,
-            erode=erode,
-            dilate=dilate,
-            feather=feather,
-        )
-        self.pick: Pick = pick
-        self.indices = index_list
-        self.min_score = min_score
-        self.fill_holes = fill_holes
-        self.erode = erode
-        self.dilate = dilate
-        self.feather = feather
+        super().__init__()
 
     def masks_for(self, detections: Detections) -> EditMask:
         """The edit mask of one image."""

@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 from torchvision.ops import batched_nms
 
 from grounded.adapters.common import PromptedDetector
 from grounded.core.boxes import clip_xyxy
+from grounded.core.checks import at_least, batches, in_unit_interval
 from grounded.core.detections import Detections
 from grounded.core.images import LoadedImage
 from grounded.core.prompts import Prompt, PromptError
 from grounded.engine import register_adapter
-from grounded.models.sources import load_model_and_processor
-from grounded.runtime.device import autocast, check_precision, pick_device
+from grounded.runtime.device import autocast
 
 __all__ = ["OWLv2"]
 
@@ -36,6 +36,7 @@ class OWLv2(PromptedDetector):
     """
 
     model_types: ClassVar[tuple[str, ...]] = ("owlv2",)
+    model_class: ClassVar[str] = "AutoModelForZeroShotObjectDetection"
 
     def __init__(
         self,
@@ -47,44 +48,9 @@ class OWLv2(PromptedDetector):
         device: str = "auto",
         precision: str = "fp32",
     ) -> None:
-        if not 0.0 <= box_threshold <= 1.0:
-            raise ValueError("box_threshold must lie in [0, 1]")
-        if top_k < 1 or batch_size < 1:
-            raise ValueError("top_k and batch_size must be at least 1")
-        check_precision(precision)
-        super().__init__(
-            model=str(model),
-            box_threshold=box_threshold,
-            top_k=top_k,
-            nms_threshold=nms_threshold,
-            batch_size=batch_size,
-            device=device,
-            precision=precision,
-        )
-        self.box_threshold = box_threshold
-        self.top_k = top_k
-        self.nms_threshold = nms_threshold
-        self.batch_size = batch_size
-        self.precision = precision
-        self._device_name = device
-        self._model: Any = None
-        self._processor: Any = None
-
-    def warm_up(self) -> None:
-        if self._model is not None:
-            return
-        from transformers import AutoModelForZeroShotObjectDetection
-
-        device = pick_device(self._device_name, self.precision)
-        self._processor, model = load_model_and_processor(
-            self._params["model"],
-            "detector",
-            self.model_types,
-            "owlv2",
-            AutoModelForZeroShotObjectDetection.from_pretrained,
-        )
-        self.device = device
-        self._model = model.to(device)
+        in_unit_interval(box_threshold=box_threshold)
+        at_least(1, top_k=top_k, batch_size=batch_size)
+        super().__init__()
 
     def _check_lengths(self, classes: Sequence[str]) -> None:
         """OWLv2's text encoder reads 16 tokens: refuse longer queries instead of truncating them silently."""
@@ -101,8 +67,7 @@ class OWLv2(PromptedDetector):
         prompt = Prompt.of(prompt)
         self._check_lengths(prompt.classes)
         results: list[Detections] = []
-        for start in range(0, len(images), self.batch_size):
-            batch = list(images[start : start + self.batch_size])
+        for batch in batches(images, self.batch_size):
             inputs = self._processor(
                 text=[list(prompt.classes)] * len(batch),
                 images=[im.pixels for im in batch],

@@ -6,17 +6,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
+from grounded.adapters.common import ModelAdapter
+from grounded.core.checks import at_least, batches
 from grounded.core.images import LoadedImage
 from grounded.core.prompts import Prompt
-from grounded.engine import Adapter, register_adapter
+from grounded.engine import register_adapter
 from grounded.models.sources import ModelSourceError
-from grounded.runtime.device import autocast, check_precision, pick_device
+from grounded.runtime.device import autocast
 
 __all__ = ["RamPlusTagger", "RamTagger"]
 
 
 @register_adapter("ram")
-class RamTagger(Adapter):
+class RamTagger(ModelAdapter):
     """Tag each image with RAM or RAM++ (:mod:`grounded.models.ram`; the variant is read from the weights).
 
     Outputs ``tags``: one :class:`Prompt` per image, the recognised tags in the tag list's order, or
@@ -38,6 +40,7 @@ class RamTagger(Adapter):
 
     outputs: ClassVar[dict[str, Any]] = {"tags": list[Prompt], "captions": list[str]}
     variants: ClassVar[tuple[str, ...]] = ("ram", "ram_plus")
+    what: ClassVar[str] = "tagger"
 
     def __init__(
         self,
@@ -52,39 +55,16 @@ class RamTagger(Adapter):
         device: str = "auto",
         precision: str = "fp32",
     ) -> None:
-        if batch_size < 1 or (max_tags is not None and max_tags < 1):
-            raise ValueError("batch_size and max_tags must be at least 1")
+        at_least(1, batch_size=batch_size, max_tags=1 if max_tags is None else max_tags)
         if threshold is not None and not 0.0 <= threshold < 1.0:
             raise ValueError(f"threshold must be in [0, 1), got {threshold}")
-        check_precision(precision)
         Prompt((fallback,))  # validates the fallback tag
-        super().__init__(
-            model=str(model),
-            tag_list=tag_list,
-            thresholds=thresholds,
-            threshold=threshold,
-            max_tags=max_tags,
-            exclude=list(exclude),
-            fallback=fallback,
-            batch_size=batch_size,
-            device=device,
-            precision=precision,
-        )
-        self.threshold = threshold
-        self.max_tags = max_tags
-        self.exclude = tuple(exclude)
-        self.fallback = fallback
-        self.batch_size = batch_size
-        self.precision = precision
-        self._device_name = device
-        self._ram: Any = None
+        super().__init__()
 
-    def warm_up(self) -> None:
-        if self._ram is not None:
-            return
+    def load(self) -> tuple[Any, Any]:
+        """``(ram, ram.model)``: the tagger (preprocessing, thresholds, tag selection) and its network."""
         from grounded.models.ram import RamCheckpointError, load_ram
 
-        device = pick_device(self._device_name, self.precision)
         source = self._params["model"]
         try:
             ram = load_ram(source, tags=self._params["tag_list"], thresholds=self._params["thresholds"])
@@ -96,19 +76,16 @@ class RamTagger(Adapter):
                 f"{' or '.join(self.variants)}"
             )
         ram.select(ram.thresholds[None], exclude=self.exclude)  # checks the excluded tags exist
-        ram.model.to(device)
-        self.device = device
-        self._ram = ram
+        return ram, ram.model
 
     def tag(self, images: Sequence[LoadedImage]) -> list[list[str]]:
         """The tags of each image (``batch_size`` images per forward pass)."""
         self.warm_up()
         out: list[list[str]] = []
-        for start in range(0, len(images), self.batch_size):
-            chunk = [im.pixels for im in images[start : start + self.batch_size]]
+        for batch in batches(images, self.batch_size):
             with autocast(self.device, self.precision):
-                scores = self._ram.probabilities(chunk)
-            out.extend(self._ram.select(scores, self.threshold, self.exclude, self.max_tags))
+                scores = self._processor.probabilities([im.pixels for im in batch])
+            out.extend(self._processor.select(scores, self.threshold, self.exclude, self.max_tags))
         return out
 
     def run(self, images: list[LoadedImage]) -> dict[str, Any]:

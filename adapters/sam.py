@@ -11,14 +11,16 @@ from typing import Any, ClassVar
 
 import torch
 
+from grounded.adapters.common import ModelAdapter
+from grounded.core.checks import one_of
 from grounded.core.detections import Detections
 from grounded.core.images import LoadedImage
 from grounded.core.levels import Levels, LevelSelection, order_levels, select_levels
-from grounded.engine import Adapter, register_adapter
+from grounded.engine import register_adapter
 from grounded.models.sources import ModelSourceError, load_config_checked, load_from_source, resolve_source
 from grounded.models.tinyvit import is_tinyvit_config, load_tinyvit_sam
 from grounded.runtime.compat import fix_sam_hq_decoder
-from grounded.runtime.device import autocast, check_precision, pick_device, resolve_precision
+from grounded.runtime.device import autocast
 from grounded.runtime.fast_kernels import accelerate_sam, compile_modules
 
 __all__ = ["SAM", "SAM2", "SAMHQ", "ImageEmbedding"]
@@ -40,7 +42,7 @@ class ImageEmbedding:
 
 
 @register_adapter("sam")
-class SAM(Adapter):
+class SAM(ModelAdapter):
     """Box prompts → masks with SAM, or HQ-SAM when the model is one (``model_type == "sam_hq"``).
 
     Each image is encoded once; all of its boxes go through the mask decoder in one batched call (split into
@@ -66,6 +68,7 @@ class SAM(Adapter):
     outputs: ClassVar[dict[str, Any]] = {"detections": list[Detections]}
     expects_hq: ClassVar[bool] = False
     model_types: ClassVar[tuple[str, ...]] = ("sam", "sam_hq")
+    what: ClassVar[str] = "segmenter"
 
     def __init__(
         self,
@@ -84,45 +87,15 @@ class SAM(Adapter):
     ) -> None:
         if batch_size < 1 or max_boxes_per_call < 1 or cache_size < 0:
             raise ValueError("batch_size and max_boxes_per_call must be at least 1, cache_size at least 0")
-        check_precision(precision)
-        if granularity not in ("best", "part", "whole"):
-            raise ValueError(f"granularity must be 'best', 'part' or 'whole', got {granularity!r}")
-        super().__init__(
-            model=str(model),
-            multimask_output=multimask_output,
-            hq_token_only=hq_token_only,
-            mask_threshold=mask_threshold,
-            granularity=granularity,
-            batch_size=batch_size,
-            max_boxes_per_call=max_boxes_per_call,
-            cache_size=cache_size,
-            device=device,
-            precision=precision,
-            fast_kernels=fast_kernels,
-            compile=compile,
-        )
-        self.multimask_output = multimask_output
-        self.hq_token_only = hq_token_only
-        self.mask_threshold = mask_threshold
-        self.granularity = granularity
-        self.batch_size = batch_size
-        self.max_boxes_per_call = max_boxes_per_call
-        self.cache_size = cache_size
+        one_of("granularity", granularity, ("best", "part", "whole"))
+        super().__init__()
         self._cache: OrderedDict[str, ImageEmbedding] = OrderedDict()
-        self.precision = precision
-        self.fast_kernels = fast_kernels
-        self.compile = compile
-        self._device_name = device
-        self._model: Any = None
-        self._processor: Any = None
 
-    def warm_up(self) -> None:
-        if self._model is not None:
-            return
+    def load(self) -> tuple[Any, Any]:
+        """The processor and the model: SAM, HQ-SAM (decoder fixed), SAM 2, or our TinyViT port in SamModel."""
         from transformers import AutoModel, AutoProcessor
 
         source = self._params["model"]
-        device = pick_device(self._device_name, self.precision)
         config = load_config_checked(source, "segmenter", self.model_types, self.registry_name)
         if self.expects_hq and config.model_type != "sam_hq":
             raise ModelSourceError(
@@ -130,7 +103,7 @@ class SAM(Adapter):
             )
         if self.hq_token_only and config.model_type != "sam_hq":
             _log.warning("hq_token_only has no effect: %s is plain SAM, not HQ-SAM", source)
-        load_processor = functools.partial(AutoProcessor.from_pretrained, **self._processor_options())
+        load_processor = functools.partial(AutoProcessor.from_pretrained, **self.processor_options())
         processor = load_from_source(load_processor, source, "segmenter")
         if is_tinyvit_config(config):  # MobileSAM / Light HQ-SAM: our TinyViT port inside SamModel
             model = load_tinyvit_sam(resolve_source(source, "segmenter")[0])
@@ -138,16 +111,15 @@ class SAM(Adapter):
             model = load_from_source(AutoModel.from_pretrained, source, "segmenter")
         if config.model_type == "sam_hq":
             fix_sam_hq_decoder(model)  # transformers' SAM-HQ decoder differs from the official one
-        self.device = device
-        self.precision = resolve_precision(self.precision, device)
-        self._processor = processor
-        self._model = model.to(self.device).eval()
+        return processor, model
+
+    def prepare(self) -> None:
         if self.fast_kernels:
             accelerate_sam(self._model)
         if self.compile:
             compile_modules(self._model.vision_encoder)
 
-    def _processor_options(self) -> dict[str, Any]:
+    def processor_options(self) -> dict[str, Any]:
         """SAM's images are resized with the PIL backend: it matches the official ``ResizeLongestSide`` exactly,
         the torchvision backend differs by up to 0.02 in normalised pixel values."""
         return {"backend": "pil"}
@@ -393,7 +365,7 @@ class SAM2(SAM):
     def is_hq(self) -> bool:
         return False
 
-    def _processor_options(self) -> dict[str, Any]:
+    def processor_options(self) -> dict[str, Any]:
         return {}
 
     @torch.inference_mode()

@@ -9,12 +9,12 @@ import torch
 
 from grounded.adapters.common import PromptedDetector
 from grounded.core.boxes import clip_xyxy
+from grounded.core.checks import at_least, in_unit_interval
 from grounded.core.detections import Detections
 from grounded.core.images import LoadedImage
 from grounded.core.prompts import Prompt, PromptError
 from grounded.engine import register_adapter
-from grounded.models.sources import load_model_and_processor
-from grounded.runtime.device import autocast, check_precision, pick_device
+from grounded.runtime.device import autocast
 
 __all__ = ["SAM3"]
 
@@ -46,6 +46,8 @@ class SAM3(PromptedDetector):
     """
 
     model_types: ClassVar[tuple[str, ...]] = ("sam3",)
+    model_class: ClassVar[str] = "Sam3Model"
+    what: ClassVar[str] = "SAM 3 model"
 
     def __init__(
         self,
@@ -57,40 +59,9 @@ class SAM3(PromptedDetector):
         device: str = "auto",
         precision: str = "fp32",
     ) -> None:
-        if not 0.0 <= box_threshold <= 1.0 or not 0.0 <= mask_threshold <= 1.0:
-            raise ValueError("box_threshold and mask_threshold must lie in [0, 1]")
-        if top_k < 1 or batch_size < 1:
-            raise ValueError("top_k and batch_size must be at least 1")
-        check_precision(precision)
-        super().__init__(
-            model=str(model),
-            box_threshold=box_threshold,
-            mask_threshold=mask_threshold,
-            top_k=top_k,
-            batch_size=batch_size,
-            device=device,
-            precision=precision,
-        )
-        self.box_threshold = box_threshold
-        self.mask_threshold = mask_threshold
-        self.top_k = top_k
-        self.batch_size = batch_size
-        self.precision = precision
-        self._device_name = device
-        self._model: Any = None
-        self._processor: Any = None
-
-    def warm_up(self) -> None:
-        if self._model is not None:
-            return
-        from transformers import Sam3Model
-
-        device = pick_device(self._device_name, self.precision)
-        self._processor, model = load_model_and_processor(
-            self._params["model"], "SAM 3 model", self.model_types, "sam3", Sam3Model.from_pretrained
-        )
-        self.device = device
-        self._model = model.to(device)
+        in_unit_interval(box_threshold=box_threshold, mask_threshold=mask_threshold)
+        at_least(1, top_k=top_k, batch_size=batch_size)
+        super().__init__()
 
     def _tokenize(self, classes: Sequence[str]) -> dict[str, torch.Tensor]:
         limit = int(self._model.config.text_config.max_position_embeddings)

@@ -10,15 +10,17 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from grounded.adapters.common import ModelAdapter
+from grounded.core.checks import one_of
 from grounded.core.detections import Detections
 from grounded.core.images import LoadedImage
 from grounded.core.levels import Levels, LevelSelection
-from grounded.engine import Adapter, register_adapter
+from grounded.engine import register_adapter
 from grounded.models.checkpoints import CheckpointError
 from grounded.models.semantic_sam.model import ImageFeatures, SemanticSamModel
 from grounded.models.semantic_sam.predictor import Vocabulary, predict_levels, resize_short_side
 from grounded.models.sources import ModelSourceError
-from grounded.runtime.device import autocast, check_precision, pick_device
+from grounded.runtime.device import autocast
 
 __all__ = ["SemanticSAM"]
 
@@ -39,7 +41,7 @@ def _box_iou(masks: torch.Tensor, box: torch.Tensor) -> torch.Tensor:
 
 
 @register_adapter("semantic_sam")
-class SemanticSAM(Adapter):
+class SemanticSAM(ModelAdapter):
     """Semantic-SAM: each box (or click) is decoded into 6 granularity levels, finest to coarsest.
 
     Args:
@@ -57,6 +59,7 @@ class SemanticSAM(Adapter):
     """
 
     outputs: ClassVar[dict[str, Any]] = {"detections": list[Detections]}
+    what: ClassVar[str] = "segmenter"
 
     def __init__(
         self,
@@ -72,49 +75,25 @@ class SemanticSAM(Adapter):
         device: str = "auto",
         precision: str = "fp32",
     ) -> None:
-        check_precision(precision)
-        if granularity not in ("best", "part", "whole"):
-            raise ValueError(f"granularity must be 'best', 'part' or 'whole', got {granularity!r}")
+        one_of("granularity", granularity, ("best", "part", "whole"))
         if image_size < 32 or max_prompts_per_call < 1 or cache_size < 0:
             raise ValueError(
                 "image_size must be at least 32, max_prompts_per_call at least 1, cache_size >= 0"
             )
-        super().__init__(
-            model=str(model),
-            granularity=granularity,
-            image_size=image_size,
-            mask_threshold=mask_threshold,
-            max_prompts_per_call=max_prompts_per_call,
-            cache_size=cache_size,
-            labels=list(labels) if labels else None,
-            part_labels=list(part_labels) if part_labels else None,
-            tokenizer=tokenizer,
-            device=device,
-            precision=precision,
-        )
-        self.granularity = granularity
-        self.image_size = image_size
-        self.mask_threshold = mask_threshold
-        self.max_prompts_per_call = max_prompts_per_call
-        self.cache_size = cache_size
-        self.precision = precision
-        self._device_name = device
-        self._model: SemanticSamModel | None = None
+        super().__init__()
         self._vocabulary: Vocabulary | None = None
         self._cache: OrderedDict[str, ImageFeatures] = OrderedDict()
 
-    def warm_up(self) -> None:
-        if self._model is not None:
-            return
+    def load(self) -> tuple[Any, Any]:
+        """``(None, network)``: our Semantic-SAM port from an official checkpoint or a folder."""
         from grounded.models.semantic_sam.checkpoints import load_semantic_sam
 
-        device = pick_device(self._device_name, self.precision)
         try:
-            model = load_semantic_sam(self._params["model"])
+            return None, load_semantic_sam(self._params["model"])
         except CheckpointError as exc:
             raise ModelSourceError(f"segmenter: {exc}") from None
-        self.device = device
-        self._model = model.to(device).eval()
+
+    def prepare(self) -> None:
         if self._params["labels"] or self._params["part_labels"]:
             self._vocabulary = self._build_vocabulary()
 
@@ -223,7 +202,7 @@ class SemanticSAM(Adapter):
                 empty = torch.zeros((0, height, width), dtype=torch.bool, device=det.device)
                 out.append(det.with_masks(empty, torch.zeros((0,), device=det.device)))
                 continue
-            which: LevelSelection = "all" if self.granularity == "best" else self.granularity  # type: ignore[assignment]
+            which: LevelSelection = "all" if self.granularity == "best" else self.granularity
             masks, scores = [], []
             for box, levels in zip(
                 det.boxes, self.predict(image, boxes=det.boxes.cpu(), levels=which), strict=True

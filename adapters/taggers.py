@@ -9,18 +9,19 @@ from typing import Any, ClassVar
 
 import torch
 
+from grounded.adapters.common import ModelAdapter
+from grounded.core.checks import at_least, batches
 from grounded.core.images import LoadedImage
 from grounded.core.noun_phrases import noun_phrases
 from grounded.core.prompts import Prompt
-from grounded.engine import Adapter, register_adapter
-from grounded.models.sources import load_model_and_processor
-from grounded.runtime.device import autocast, check_precision, pick_device
+from grounded.engine import register_adapter
+from grounded.runtime.device import autocast
 
 __all__ = ["BlipTagger"]
 
 
 @register_adapter("blip")
-class BlipTagger(Adapter):
+class BlipTagger(ModelAdapter):
     """Caption each image with BLIP (``BlipForConditionalGeneration``), then take the caption's noun phrases.
 
     Outputs ``tags``: one :class:`Prompt` per image, the caption's noun phrases (see
@@ -42,6 +43,8 @@ class BlipTagger(Adapter):
 
     outputs: ClassVar[dict[str, Any]] = {"tags": list[Prompt], "captions": list[str]}
     model_types: ClassVar[tuple[str, ...]] = ("blip",)
+    model_class: ClassVar[str] = "BlipForConditionalGeneration"
+    what: ClassVar[str] = "tagger"
 
     def __init__(
         self,
@@ -56,57 +59,19 @@ class BlipTagger(Adapter):
         device: str = "auto",
         precision: str = "fp32",
     ) -> None:
-        if max_new_tokens < 1 or num_beams < 1 or max_tags < 1 or batch_size < 1:
-            raise ValueError("max_new_tokens, num_beams, max_tags and batch_size must be at least 1")
-        check_precision(precision)
+        at_least(
+            1, max_new_tokens=max_new_tokens, num_beams=num_beams, max_tags=max_tags, batch_size=batch_size
+        )
         Prompt((fallback,))  # validates the fallback tag
-        super().__init__(
-            model=str(model),
-            text=text,
-            max_new_tokens=max_new_tokens,
-            num_beams=num_beams,
-            max_tags=max_tags,
-            stop_phrases=None if stop_phrases is None else list(stop_phrases),
-            fallback=fallback,
-            batch_size=batch_size,
-            device=device,
-            precision=precision,
-        )
-        self.text = text
-        self.max_new_tokens = max_new_tokens
-        self.num_beams = num_beams
-        self.max_tags = max_tags
-        self.stop_phrases = None if stop_phrases is None else tuple(stop_phrases)
-        self.fallback = fallback
-        self.batch_size = batch_size
-        self.precision = precision
-        self._device_name = device
-        self._model: Any = None
-        self._processor: Any = None
-
-    def warm_up(self) -> None:
-        if self._model is not None:
-            return
-        from transformers import BlipForConditionalGeneration
-
-        device = pick_device(self._device_name, self.precision)
-        self._processor, model = load_model_and_processor(
-            self._params["model"],
-            "tagger",
-            self.model_types,
-            "blip",
-            BlipForConditionalGeneration.from_pretrained,
-        )
-        self.device = device
-        self._model = model.to(device)
+        super().__init__()
 
     @torch.inference_mode()
     def caption(self, images: Sequence[LoadedImage]) -> list[str]:
         """One caption per image (``batch_size`` images per generation call)."""
         self.warm_up()
         captions: list[str] = []
-        for start in range(0, len(images), self.batch_size):
-            chunk = [im.pixels for im in images[start : start + self.batch_size]]
+        for batch in batches(images, self.batch_size):
+            chunk = [im.pixels for im in batch]
             kwargs: dict[str, Any] = {"images": chunk, "return_tensors": "pt"}
             if self.text:
                 kwargs["text"] = [self.text] * len(chunk)
