@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -12,10 +11,11 @@ from typing import Any, ClassVar
 import torch
 
 from grounded.adapters.common import ModelAdapter
-from grounded.core.checks import one_of
+from grounded.core.checks import batches, one_of
 from grounded.core.detections import Detections
 from grounded.core.images import LoadedImage
 from grounded.core.levels import Levels, LevelSelection, order_levels, select_levels
+from grounded.core.lru import LruCache
 from grounded.engine import register_adapter
 from grounded.models.sources import ModelSourceError, load_config_checked, load_from_source, resolve_source
 from grounded.models.tinyvit import is_tinyvit_config, load_tinyvit_sam
@@ -89,7 +89,7 @@ class SAM(ModelAdapter):
             raise ValueError("batch_size and max_boxes_per_call must be at least 1, cache_size at least 0")
         one_of("granularity", granularity, ("best", "part", "whole"))
         super().__init__()
-        self._cache: OrderedDict[str, ImageEmbedding] = OrderedDict()
+        self._cache: LruCache[str, ImageEmbedding] = LruCache(cache_size)
 
     def load(self) -> tuple[Any, Any]:
         """The processor and the model: SAM, HQ-SAM (decoder fixed), SAM 2, or our TinyViT port in SamModel."""
@@ -139,17 +139,17 @@ class SAM(ModelAdapter):
         most ``cache_size`` of them: a new prompt on the same image does not re-encode it.
         """
         self.warm_up()
-        found = {im.key: self._cache[im.key] for im in images if im.key in self._cache}
+        found: dict[str, ImageEmbedding] = {}
+        for im in images:
+            cached = self._cache.get(im.key)
+            if cached is not None:
+                found[im.key] = cached
         missing = list({im.key: im for im in images if im.key not in found}.values())
-        for start in range(0, len(missing), self.batch_size):
-            batch = missing[start : start + self.batch_size]
+        for batch in batches(missing, self.batch_size):
             for image, embedding in zip(batch, self._encode_batch(batch), strict=True):
                 found[image.key] = embedding
         for key in dict.fromkeys(im.key for im in images):
-            self._cache[key] = found[key]
-            self._cache.move_to_end(key)
-        while len(self._cache) > self.cache_size:
-            self._cache.popitem(last=False)
+            self._cache.put(key, found[key])
         return [found[im.key] for im in images]
 
     @torch.inference_mode()

@@ -3,7 +3,6 @@ clicks / boxes → all 6 granularity levels, optional object / part labels."""
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -15,6 +14,7 @@ from grounded.core.checks import one_of
 from grounded.core.detections import Detections
 from grounded.core.images import LoadedImage
 from grounded.core.levels import Levels, LevelSelection
+from grounded.core.lru import LruCache
 from grounded.engine import register_adapter
 from grounded.models.checkpoints import CheckpointError
 from grounded.models.semantic_sam.model import ImageFeatures, SemanticSamModel
@@ -82,7 +82,7 @@ class SemanticSAM(ModelAdapter):
             )
         super().__init__()
         self._vocabulary: Vocabulary | None = None
-        self._cache: OrderedDict[str, ImageFeatures] = OrderedDict()
+        self._cache: LruCache[str, ImageFeatures] = LruCache(cache_size)
 
     def load(self) -> tuple[Any, Any]:
         """``(None, network)``: our Semantic-SAM port from an official checkpoint or a folder."""
@@ -137,17 +137,14 @@ class SemanticSAM(ModelAdapter):
     def encode(self, image: LoadedImage) -> ImageFeatures:
         """Backbone + pixel decoder features of one image (cached by content)."""
         model = self.model
-        if image.key in self._cache:
-            self._cache.move_to_end(image.key)
-            return self._cache[image.key]
+        cached = self._cache.get(image.key)
+        if cached is not None:
+            return cached
         resized = resize_short_side(np.ascontiguousarray(image.pixels), self.image_size)
         pixels = torch.from_numpy(np.array(resized)).permute(2, 0, 1)[None].to(self.device)
         with autocast(self.device, self.precision):
             features = model.encode(pixels)
-        if self.cache_size:
-            self._cache[image.key] = features
-            while len(self._cache) > self.cache_size:
-                self._cache.popitem(last=False)
+        self._cache.put(image.key, features)
         return features
 
     # ------------------------------------------------------------------ prompts

@@ -14,7 +14,10 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from grounded import _moved
 from grounded.core.version import __version__
+
+_moved.install()  # old module paths (grounded.images, grounded.ram, ...) import the moved modules
 
 if TYPE_CHECKING:
     from grounded.api import build_pipeline, segment

@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import hashlib
 import types
-from collections import OrderedDict
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from grounded.core.lru import LruCache
 
 __all__ = [
     "ContentCache",
@@ -312,10 +313,20 @@ class ContentCache(nn.Module):
     def __init__(self, module: nn.Module, size: int) -> None:
         super().__init__()
         self.module = module
-        self.size = size
+        self._outputs: LruCache[str, Any] = LruCache(max(size, 0))
         self.hits = 0
         self.misses = 0
-        self._outputs: OrderedDict[str, Any] = OrderedDict()
+
+    @property
+    def size(self) -> int:
+        """How many outputs are kept (set it to resize; 0 turns the cache off)."""
+        return self._outputs.size
+
+    @size.setter
+    def size(self, size: int) -> None:
+        self._outputs.size = max(size, 0)
+        if not self._outputs.size:
+            self._outputs.clear()
 
     def __getattr__(self, name: str) -> Any:
         """Attributes of the wrapped module (callers reach into it, e.g. ``backbone.position_embedding``)."""
@@ -336,13 +347,10 @@ class ContentCache(nn.Module):
         key = tensor_digest((args, kwargs, _autocast_state()))
         if key in self._outputs:
             self.hits += 1
-            self._outputs.move_to_end(key)
-            return _fresh_containers(self._outputs[key])
+            return _fresh_containers(self._outputs.get(key))
         self.misses += 1
         output = self.module(*args, **kwargs)
-        self._outputs[key] = output
-        while len(self._outputs) > self.size:
-            self._outputs.popitem(last=False)
+        self._outputs.put(key, output)
         return _fresh_containers(output)
 
 
