@@ -399,7 +399,7 @@ def _cache_times(models: tuple[Any, Any], picture: Any, prompt: str, repeats: in
 
     detector, segmenter = models
     accelerate_grounding_dino(detector._model, fast_kernels=False, cache_size=4)  # caches on
-    segmenter.cache_size = 8
+    segmenter._cache.size = 8
     rounds: list[dict[str, float]] = []
     for k in range(repeats + 1):
         detector.clear_cache()
@@ -413,7 +413,7 @@ def _cache_times(models: tuple[Any, Any], picture: Any, prompt: str, repeats: in
         )
     detector.clear_cache()
     segmenter._cache.clear()
-    segmenter.cache_size = 0
+    segmenter._cache.size = 0
     for module in (detector._model.model.backbone, detector._model.model.text_backbone):
         module.size = 0  # caches off again
     return {key: statistics.median(r[key] for r in rounds[1:]) for key in rounds[0]}
