@@ -19,9 +19,9 @@ MOVED: dict[str, str] = {
     "grounded.benchmark": "grounded.tasks.bench",
     "grounded.boxes": "grounded.core.boxes",
     "grounded.checkpoints": "grounded.models.checkpoints",
-    "grounded.cli_annotate": "grounded.cli.annotate",
-    "grounded.cli_edit": "grounded.cli.edit",
-    "grounded.cli_granularity": "grounded.cli.granularity",
+    "grounded.cli_annotate": "grounded.tasks.annotate",
+    "grounded.cli_edit": "grounded.tasks.edit",
+    "grounded.cli_granularity": "grounded.tasks.granularity",
     "grounded.compat": "grounded.runtime.compat",
     "grounded.cpu_memory": "grounded.runtime.memory",
     "grounded.datasets_export": "grounded.tasks.datasets",
@@ -60,15 +60,19 @@ def new_name(old: str) -> str | None:
 class _Alias(importlib.abc.Loader):
     def __init__(self, target: str) -> None:
         self.target = target
+        self._spec: importlib.machinery.ModuleSpec | None = None
 
     def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType:
         warnings.warn(
             f"{spec.name} has moved to {self.target}; import it from there", DeprecationWarning, stacklevel=2
         )
-        return importlib.import_module(self.target)  # the module itself: one copy, whatever the path
+        module = importlib.import_module(self.target)  # the module itself: one copy, whatever the path
+        self._spec = module.__spec__
+        return module
 
     def exec_module(self, module: ModuleType) -> None:
-        """Nothing to run: the new module is already imported."""
+        """Nothing to run; give the module back its own spec (the import system set the alias's)."""
+        module.__spec__ = self._spec
 
 
 class _MovedFinder(importlib.abc.MetaPathFinder):

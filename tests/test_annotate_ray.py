@@ -9,7 +9,9 @@ import sys
 import pytest
 
 from grounded.cli import CliError, _build_parser, main
-from grounded.cli.annotate import _build, _settings, collect_images
+from grounded.cli.annotate import _build
+from grounded.tasks.annotate import collect_images
+from grounded.tasks.annotate import run_settings as _settings
 from grounded.tasks.annotate_ray import AnnotateActor, _import_ray, actor_plan, actor_spec
 
 ray = pytest.importorskip("ray")

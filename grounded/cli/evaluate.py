@@ -7,9 +7,18 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from grounded.cli.common import (
+    add_device_option,
+    add_quiet_option,
+    add_set_option,
+    parse_settings,
+    shared_params,
+)
+from grounded.core.errors import EXIT_IMAGE_ERRORS, EXIT_OK, UserError
+
 __all__ = ["add_parser", "handler"]
 
-EXIT_OK, EXIT_INCOMPLETE, EXIT_USAGE = 0, 1, 2
+EXIT_INCOMPLETE = EXIT_IMAGE_ERRORS  # a dataset missing, or an image failed
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -21,16 +30,11 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", "-o", type=Path, required=True, help="report folder (created if missing)")
     p.add_argument("--detector", help="detector hub id or local folder (replaces the pipeline's)")
     p.add_argument("--segmenter", help="segmenter hub id or local folder (replaces the pipeline's)")
-    p.add_argument(
-        "--set",
-        dest="settings",
-        action="append",
-        default=[],
-        metavar="NODE.PARAM=VALUE",
-        help="override a node parameter after the protocol (a deliberate deviation, shown in the report)",
+    add_set_option(
+        p, help="override a node parameter after the protocol (a deliberate deviation, shown in the report)"
     )
     p.add_argument("--batch-size", type=int, default=None, help="images per pipeline call (default 4)")
-    p.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:1, ...")
+    add_device_option(p)
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default=None, help="numeric precision")
     p.add_argument(
         "--cache",
@@ -55,7 +59,7 @@ def _common(p: argparse.ArgumentParser) -> None:
         "--score-threshold", type=float, default=None, help="drop results scoring at or below"
     )
     scoring.add_argument("--nms-threshold", type=float, default=None, help="class-aware NMS at this box IoU")
-    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    add_quiet_option(p)
 
 
 def add_parser(subparsers: Any) -> None:
@@ -94,10 +98,7 @@ def add_parser(subparsers: Any) -> None:
     coco.set_defaults(handler=handler)
 
 
-def _overrides(args: argparse.Namespace) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
-    from grounded.cli import CliError
-    from grounded.cli import _parse_settings as parse_settings
-
+def _overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     overrides: dict[str, dict[str, Any]] = {}
     if args.detector is not None:
         overrides.setdefault("detector", {})["model"] = args.detector
@@ -105,27 +106,17 @@ def _overrides(args: argparse.Namespace) -> tuple[dict[str, dict[str, Any]], dic
         overrides.setdefault("segmenter", {})["model"] = args.segmenter
     for node, params in parse_settings(args.settings).items():
         overrides.setdefault(node, {}).update(params)
-    shared: dict[str, Any] = {}
-    if args.device is not None:
-        shared["device"] = args.device
-    if args.precision is not None:
-        shared["precision"] = args.precision
-    if args.batch_size is not None:
-        if args.batch_size < 1:
-            raise CliError("--batch-size must be at least 1")
-        shared["batch_size"] = args.batch_size
-    return overrides, shared
+    return overrides
 
 
 def handler(args: argparse.Namespace) -> int:
     """Run ``grounded eval seginw|coco``; returns the exit code."""
-    from grounded.cli import CliError
     from grounded.evaluation.benchmarks import CACHE_FILE, evaluate_coco, evaluate_seginw
     from grounded.evaluation.datasets import DatasetError
     from grounded.evaluation.protocol import Scoring
     from grounded.evaluation.runner import EvaluationError, build_eval_pipeline
 
-    overrides, shared = _overrides(args)
+    overrides, shared = _overrides(args), shared_params(args)
     try:
         scoring = Scoring(
             mask_score=args.mask_score,
@@ -134,10 +125,10 @@ def handler(args: argparse.Namespace) -> int:
             nms_threshold=args.nms_threshold,
         )
     except ValueError as exc:
-        raise CliError(str(exc)) from None
+        raise UserError(str(exc)) from None
     cache_file = args.cache or args.out / CACHE_FILE
     if args.rescore and not cache_file.is_file():
-        raise CliError(f"--rescore: no prediction cache at {cache_file}; run once without --rescore first")
+        raise UserError(f"--rescore: no prediction cache at {cache_file}; run once without --rescore first")
     pipeline, notes = build_eval_pipeline(args.pipeline, overrides=overrides, shared=shared)
     pipeline.validate()
     common: dict[str, Any] = {
@@ -155,7 +146,7 @@ def handler(args: argparse.Namespace) -> int:
         else:
             run = evaluate_coco(args.annotations, args.images, pipeline, args.out, name=args.name, **common)
     except (DatasetError, EvaluationError) as exc:
-        raise CliError(str(exc)) from None
+        raise UserError(str(exc)) from None
     report, summary = run.report, run.report["summary"]
     metric = "mask_ap" if summary["mask_ap_mean"] is not None else "box_ap"
     headline = summary[f"{metric}_mean"]

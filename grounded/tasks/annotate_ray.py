@@ -3,24 +3,24 @@
 The driver reads the inputs and the manifest exactly as the local engine does, makes a Ray dataset of the
 pending chunks (``files[i*B:(i+1)*B]`` of the sorted file list) and maps it with :class:`AnnotateActor`, a
 callable class that builds the pipeline once from its plain description, decodes each chunk's images and
-runs them through the same code as the local engine (``cli_annotate.run_chunk``), so each image is computed
+runs them through the same code as the local engine (:func:`grounded.tasks.annotate.run_chunk`), so each image is computed
 in the same batch and gets the same result. Each outcome is committed to the manifest as it arrives, so a
 run resumes (with either engine) and the datasets written at the end are the same files.
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import os
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from grounded.cli import CliError
-from grounded.cli.annotate import commit_outcome, pending_chunks, progress_bar, run_chunk
+from grounded.core.errors import UserError
+from grounded.tasks.annotate import commit_outcome, pending_chunks, progress_bar, run_chunk
+from grounded.tasks.errors import user_errors
 
-__all__ = ["ActorPlan", "AnnotateActor", "actor_plan", "actor_spec", "annotate_ray", "setup_errors"]
+__all__ = ["ActorPlan", "AnnotateActor", "actor_plan", "actor_spec", "annotate_ray"]
 
 _INSTALL_HINT = "--engine ray needs Ray Data: pip install 'grounded[ray]'"
 _QUIET_CONTEXT = {"enable_progress_bars": False, "print_on_execution_start": False}  # ours is the one bar
@@ -50,7 +50,7 @@ class AnnotateActor:
             self.pipeline = pipeline_from_dict(spec)
             self.ontology = Ontology.parse(ontology) if ontology is not None else None
             self.pipeline.warm_up()
-        except setup_errors() as exc:
+        except user_errors() as exc:
             self.setup_error = str(exc)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
@@ -67,7 +67,7 @@ class AnnotateActor:
                 continue
             try:
                 outcomes = run_chunk(self.pipeline, self.ontology, _decode(entries))
-            except setup_errors() as exc:  # not an image's problem (e.g. no masks): the driver stops
+            except user_errors() as exc:  # not an image's problem (e.g. no masks): the driver stops
                 rows.append((entries[0][0], "fatal", str(exc), ""))
                 continue
             for key, res, note in outcomes:
@@ -89,25 +89,6 @@ def actor_spec(pipeline: dict[str, Any], gpu: bool) -> dict[str, Any]:
             if isinstance(device, str) and device.startswith("cuda"):
                 node["params"]["device"] = "cuda"
     return spec
-
-
-def setup_errors() -> tuple[type[Exception], ...]:
-    """The errors that the command reports in one line (exit 2): a setup problem, not an image's."""
-    from grounded.core.prompts import PromptError
-    from grounded.engine import PipelineError, UnknownAdapterError
-    from grounded.models.checkpoints import CheckpointError
-    from grounded.models.sources import ModelSourceError
-    from grounded.runtime.device import DeviceError
-
-    return (
-        CliError,
-        CheckpointError,
-        DeviceError,
-        ModelSourceError,
-        PromptError,
-        PipelineError,
-        UnknownAdapterError,
-    )
 
 
 def _decode(entries: list[list[str]]) -> list[tuple[str, Any]]:
@@ -142,10 +123,10 @@ def actor_plan(gpus: float, node_cpus: list[float], requested: int | None, devic
     if whole_gpus >= 1 and device != "cpu":
         return ActorPlan(min(requested or whole_gpus, whole_gpus), 1.0, 1.0)
     if device is not None and device.startswith("cuda"):
-        raise CliError(f"--device {device}, but the Ray cluster has no GPU")
+        raise UserError(f"--device {device}, but the Ray cluster has no GPU")
     total = int(sum(node_cpus))
     if total < 1:
-        raise CliError("the Ray cluster has no CPU to run model actors on")
+        raise UserError("the Ray cluster has no CPU to run model actors on")
     actors = min(requested or 1, total)
     per_actor = max(1, min(total // actors, int(min(c for c in node_cpus if c >= 1))))
     return ActorPlan(actors, 0.0, float(per_actor))
@@ -156,38 +137,47 @@ def _import_ray() -> Any:
         import ray
         import ray.data
     except ImportError:
-        raise CliError(_INSTALL_HINT) from None
+        raise UserError(_INSTALL_HINT) from None
     return ray
 
 
 def annotate_ray(
-    args: argparse.Namespace, pipeline: Any, ontology: Any, manifest: Any, files: dict[str, Path]
+    pipeline: Any,
+    ontology: Any,
+    manifest: Any,
+    files: dict[str, Path],
+    *,
+    batch_size: int = 4,
+    quiet: bool = False,
+    address: str | None = None,
+    actors: int | None = None,
+    device: str | None = None,
 ) -> int:
     """Run every chunk that has an image without a done row on Ray Data actors; returns the images committed.
 
-    Joins the running Ray instance, else ``ray.init(address=args.ray_address)`` (a new local instance by
-    default, shut down at the end).
+    Joins the running Ray instance, else ``ray.init(address=address)`` (a new local instance by default, shut
+    down at the end); ``actors`` and ``device`` as in :func:`actor_plan`.
     """
     status = manifest.status()
-    chunks = pending_chunks(files, status, args.batch_size)
+    chunks = pending_chunks(files, status, batch_size)
     if not chunks:
         return 0
     ray = _import_ray()
     started = not ray.is_initialized()
     if started:
-        ray.init(address=args.ray_address)
+        ray.init(address=address)
     try:
         nodes = [n for n in ray.nodes() if n.get("Alive")]
         plan = actor_plan(
             float(ray.cluster_resources().get("GPU", 0)),
             [float(n.get("Resources", {}).get("CPU", 0)) for n in nodes],
-            args.ray_actors,
-            args.device,
+            actors,
+            device,
         )
         context = ray.data.DataContext.get_current()
         saved = {name: getattr(context, name) for name in _QUIET_CONTEXT if hasattr(context, name)}
         committed = 0
-        progress = progress_bar(sum(1 for c in chunks for k, _ in c if status.get(k) != "done"), args.quiet)
+        progress = progress_bar(sum(1 for c in chunks for k, _ in c if status.get(k) != "done"), quiet)
         try:
             for name in saved:
                 setattr(context, name, _QUIET_CONTEXT[name])
@@ -212,7 +202,7 @@ def annotate_ray(
             for row in dataset.iter_rows():
                 kind, key, text = str(row["status"]), str(row["key"]), str(row["text"])
                 if kind == "fatal":
-                    raise CliError(text)
+                    raise UserError(text)
                 if status.get(key) == "done":
                     continue
                 note = str(row["note"]) or None

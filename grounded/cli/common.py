@@ -1,0 +1,80 @@
+"""What several commands share: the ``--device`` / ``--set`` / ``--quiet`` options and turning options into
+pipeline parameters."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from typing import Any
+
+from grounded.core.errors import UserError
+
+__all__ = [
+    "DETECTOR_FLAGS",
+    "add_device_option",
+    "add_quiet_option",
+    "add_set_option",
+    "params_from",
+    "parse_settings",
+    "shared_params",
+]
+
+#: option dest -> detector parameter; options a command does not have are skipped
+DETECTOR_FLAGS = (
+    ("detector", "model"),
+    ("box_threshold", "box_threshold"),
+    ("text_threshold", "text_threshold"),
+    ("top_k", "top_k"),
+    ("nms_threshold", "nms_threshold"),
+)
+
+
+def add_device_option(parser: Any) -> None:
+    """``--device`` (a parser or an argument group)."""
+    parser.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:1, ...")
+
+
+def add_quiet_option(parser: Any, help: str = "no progress bar") -> None:
+    """``--quiet`` / ``-q``."""
+    parser.add_argument("--quiet", "-q", action="store_true", help=help)
+
+
+def add_set_option(parser: Any, help: str) -> None:
+    """``--set NODE.PARAM=VALUE`` (repeatable), parsed by :func:`parse_settings`."""
+    parser.add_argument(
+        "--set", dest="settings", action="append", default=[], metavar="NODE.PARAM=VALUE", help=help
+    )
+
+
+def parse_settings(settings: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """``["detector.box_threshold=0.3", ...]`` as node -> params, each value read as YAML."""
+    import yaml
+
+    out: dict[str, dict[str, Any]] = {}
+    for item in settings:
+        key, eq, value = item.partition("=")
+        node, dot, param = key.partition(".")
+        if not eq or not dot or not node or not param:
+            raise UserError(f"--set expects NODE.PARAM=VALUE, got {item!r}")
+        out.setdefault(node, {})[param] = yaml.safe_load(value)
+    return out
+
+
+def shared_params(args: argparse.Namespace) -> dict[str, Any]:
+    """--device / --precision / --batch-size (those the command has and the user set), for every node that
+    takes them."""
+    shared: dict[str, Any] = {}
+    if getattr(args, "device", None) is not None:
+        shared["device"] = args.device
+    if getattr(args, "precision", None) is not None:
+        shared["precision"] = args.precision
+    if getattr(args, "batch_size", None) is not None:
+        if args.batch_size < 1:
+            raise UserError("--batch-size must be at least 1")
+        shared["batch_size"] = args.batch_size
+    return shared
+
+
+def params_from(args: argparse.Namespace, flags: Sequence[tuple[str, str]]) -> dict[str, Any]:
+    """``{param: value}`` of each ``(option dest, param)`` in ``flags`` whose option was given."""
+    return {param: getattr(args, dest) for dest, param in flags if getattr(args, dest, None) is not None}
