@@ -7,8 +7,9 @@ below are imported on first use: ``from grounded.adapters import SAM`` loads onl
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from grounded.core.lazy import lazy_names
 
 if TYPE_CHECKING:
     from grounded.adapters.grounding_dino import GroundingDINO, MMGroundingDINO
@@ -54,14 +55,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    module = _CLASSES.get(name)
-    if module is None:
-        raise AttributeError(f"module 'grounded.adapters' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_CLASSES))
+__getattr__, __dir__ = lazy_names(globals(), _CLASSES)

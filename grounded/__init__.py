@@ -15,6 +15,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from grounded import _moved
+from grounded.core.lazy import lazy_names
 from grounded.core.version import __version__
 
 _moved.install()  # old module paths (grounded.images, grounded.ram, ...) import the moved modules
@@ -62,20 +63,16 @@ __all__ = [
 ]
 
 
+_names_getattr, __dir__ = lazy_names(globals(), _EXPORTS)
+
+
 def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        # ``grounded.adapters`` and the other subpackages, as attributes after ``import grounded``
-        try:
-            return importlib.import_module(f"grounded.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"grounded.{name}":
-                raise
-            raise AttributeError(f"module 'grounded' has no attribute {name!r}") from None
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+    """The public names above, then subpackages as attributes (``grounded.adapters`` after ``import grounded``)."""
+    if name in _EXPORTS:
+        return _names_getattr(name)
+    try:
+        return importlib.import_module(f"grounded.{name}")
+    except ModuleNotFoundError as exc:
+        if exc.name != f"grounded.{name}":
+            raise
+        raise AttributeError(f"module 'grounded' has no attribute {name!r}") from None

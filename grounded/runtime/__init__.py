@@ -10,19 +10,10 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-_DEVICE_NAMES = (
-    "PRECISIONS",
-    "DeviceError",
-    "Precision",
-    "autocast",
-    "check_precision",
-    "cpu_has_native_bf16",
-    "pick_device",
-    "resolve_precision",
-)
-
 
 def __getattr__(name: str) -> Any:
-    if name in _DEVICE_NAMES:
-        return getattr(importlib.import_module("grounded.runtime.device"), name)
+    """The former module's names, from :mod:`grounded.runtime.device` (imported on first use)."""
+    device = importlib.import_module("grounded.runtime.device")
+    if name in device.__all__:
+        return getattr(device, name)
     raise AttributeError(f"module 'grounded.runtime' has no attribute {name!r}")
