@@ -13,7 +13,7 @@ from torchvision.ops import batched_nms
 
 from grounded.adapters.common import PromptedDetector
 from grounded.core.boxes import clip_xyxy, cxcywh_to_xyxy, normalized_to_pixels
-from grounded.core.checks import at_least, in_unit_interval, one_of
+from grounded.core.checks import at_least, in_unit_interval, one_of, optional_in_unit_interval
 from grounded.core.detections import Detections
 from grounded.core.images import LoadedImage
 from grounded.core.phrases import Reduction, class_scores, matched_phrase, positive_map
@@ -106,6 +106,7 @@ class GroundingDINO(PromptedDetector):
     ) -> None:
         at_least(0, cache_size=cache_size)
         in_unit_interval(box_threshold=box_threshold, text_threshold=text_threshold)
+        optional_in_unit_interval(nms_threshold=nms_threshold)
         at_least(1, top_k=top_k, batch_size=batch_size)
         one_of("class_reduction", class_reduction, ("max", "mean"))
         one_of("image_backend", image_backend, (None, "pil", "torchvision"))

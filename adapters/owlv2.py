@@ -10,7 +10,7 @@ from torchvision.ops import batched_nms
 
 from grounded.adapters.common import PromptedDetector
 from grounded.core.boxes import clip_xyxy
-from grounded.core.checks import at_least, batches, in_unit_interval
+from grounded.core.checks import at_least, batches, in_unit_interval, optional_in_unit_interval
 from grounded.core.detections import Detections
 from grounded.core.images import LoadedImage
 from grounded.core.prompts import Prompt, PromptError
@@ -49,6 +49,7 @@ class OWLv2(PromptedDetector):
         precision: str = "fp32",
     ) -> None:
         in_unit_interval(box_threshold=box_threshold)
+        optional_in_unit_interval(nms_threshold=nms_threshold)
         at_least(1, top_k=top_k, batch_size=batch_size)
         super().__init__()
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -12,12 +12,19 @@ import torch
 
 from grounded.adapters.common import ModelAdapter
 from grounded.core.checks import batches, one_of
-from grounded.core.detections import Detections
+from grounded.core.detections import Detections, fits_dense
 from grounded.core.images import LoadedImage
 from grounded.core.levels import Levels, LevelSelection, order_levels, select_levels
 from grounded.core.lru import LruCache
+from grounded.core.rle import encode_masks
 from grounded.engine import register_adapter
-from grounded.models.sources import ModelSourceError, load_config_checked, load_from_source, resolve_source
+from grounded.models.sources import (
+    ModelSourceError,
+    load_config_checked,
+    load_from_source,
+    load_weights,
+    resolve_source,
+)
 from grounded.models.tinyvit import is_tinyvit_config, load_tinyvit_sam
 from grounded.runtime.compat import fix_sam_hq_decoder
 from grounded.runtime.device import autocast
@@ -47,7 +54,9 @@ class SAM(ModelAdapter):
 
     Each image is encoded once; all of its boxes go through the mask decoder in one batched call (split into
     ``max_boxes_per_call`` groups only for very many boxes). Masks are upsampled to the original image size
-    by the processor's ``post_process_masks`` and kept as bool on the device.
+    by the processor's ``post_process_masks`` a few at a time and kept as bool on the device, or, where one
+    image's masks would not fit :data:`~grounded.core.detections.DENSE_MASK_BYTES` (many boxes on a very
+    large image), encoded to RLE as they are upsampled, so memory stays bounded.
 
     Args:
         model: hub id or local transformers-format folder (SAM or HQ-SAM).
@@ -108,7 +117,7 @@ class SAM(ModelAdapter):
         if is_tinyvit_config(config):  # MobileSAM / Light HQ-SAM: our TinyViT port inside SamModel
             model = load_tinyvit_sam(resolve_source(source, "segmenter")[0])
         else:
-            model = load_from_source(AutoModel.from_pretrained, source, "segmenter")
+            model = load_weights(AutoModel.from_pretrained, source, "segmenter")
         if config.model_type == "sam_hq":
             fix_sam_hq_decoder(model)  # transformers' SAM-HQ decoder differs from the official one
         return processor, model
@@ -224,24 +233,30 @@ class SAM(ModelAdapter):
                 torch.zeros((0, height, width), dtype=torch.bool, device=self.device),
                 torch.zeros((0,), device=self.device),
             )
+        parts = list(self._decode_parts(embedding, boxes))
+        return torch.cat([m for m, _ in parts]), torch.cat([sc for _, sc in parts])
+
+    def _decode_parts(
+        self, embedding: ImageEmbedding, boxes: torch.Tensor
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """:meth:`decode`'s masks and scores a few boxes at a time, in order (bounded full-size memory)."""
         if self.granularity != "best":  # the finest / coarsest level, exactly as predict_levels orders them
             low_res, iou = self._decode_raw(embedding, boxes=boxes, multimask=True)
-            masks, scores = [], []
             for prompt_low, prompt_iou in zip(low_res, iou, strict=True):
                 candidates = self._upsample(prompt_low[:, None], embedding)
                 ordered = order_levels(candidates, prompt_iou.to(candidates.device))
                 levels = select_levels(ordered, "part" if self.granularity == "part" else "whole")
                 if len(levels) == 0:  # every candidate empty
-                    masks.append(candidates[:1] & False)
-                    scores.append(prompt_iou[:1].to(candidates.device))
+                    yield candidates[:1] & False, prompt_iou[:1].to(candidates.device)
                 else:
-                    masks.append(levels.masks)
-                    scores.append(levels.scores)
-            return torch.cat(masks), torch.cat(scores)
+                    yield levels.masks, levels.scores
+            return
         low_res, iou = self._decode_raw(embedding, boxes=boxes, multimask=self.multimask_output)
         rows = torch.arange(len(boxes), device=low_res.device)
         pick = iou.argmax(dim=-1)
-        return self._upsample(low_res[rows, pick][:, None], embedding), iou[rows, pick]
+        picked, scores = low_res[rows, pick][:, None], iou[rows, pick]
+        for start, masks in self._upsample_parts(picked, embedding):
+            yield masks, scores[start : start + len(masks)]
 
     def predict_levels(
         self,
@@ -297,14 +312,16 @@ class SAM(ModelAdapter):
 
     def _upsample(self, low_res: torch.Tensor, embedding: ImageEmbedding) -> torch.Tensor:
         """Low-res logits ``(n, 1, h, w)`` → bool masks ``(n, H, W)``, a few at a time to bound float memory."""
+        return torch.cat([masks for _, masks in self._upsample_parts(low_res, embedding)])
+
+    def _upsample_parts(
+        self, low_res: torch.Tensor, embedding: ImageEmbedding
+    ) -> Iterator[tuple[int, torch.Tensor]]:
+        """``(start, masks)``: :meth:`_upsample` in groups whose float upsampling fits ``_UPSAMPLE_BYTES``."""
         height, width = embedding.original_size
         step = max(1, _UPSAMPLE_BYTES // (4 * max(height * width, 1024 * 1024)))
-        return torch.cat(
-            [
-                self._post_process(low_res[i : i + step], embedding)[:, 0].to(self.device)
-                for i in range(0, len(low_res), step)
-            ]
-        )
+        for i in range(0, len(low_res), step):
+            yield i, self._post_process(low_res[i : i + step], embedding)[:, 0].to(self.device)
 
     def segment(self, images: Sequence[LoadedImage], detections: Sequence[Detections]) -> list[Detections]:
         """Attach a mask and its predicted IoU to every detection's box."""
@@ -325,11 +342,21 @@ class SAM(ModelAdapter):
         for start in range(0, len(todo), self.batch_size):  # encode a batch, decode it, drop its embeddings
             idxs = todo[start : start + self.batch_size]
             for i, embedding in zip(idxs, self.encode([images[i] for i in idxs]), strict=True):
-                masks, scores = self.decode(embedding, detections[i].boxes)
-                out[i] = detections[i].with_masks(
-                    masks.to(detections[i].device), scores.to(detections[i].device)
-                )
+                out[i] = self._attach(detections[i], embedding)
         return out
+
+    def _attach(self, det: Detections, embedding: ImageEmbedding) -> Detections:
+        """``det`` with its masks: dense where they fit the budget, else RLE encoded part by part."""
+        if fits_dense(len(det), det.image_size):
+            masks, scores = self.decode(embedding, det.boxes)
+            return det.with_masks(masks.to(det.device), scores.to(det.device))
+        rles: list[dict[str, Any]] = []
+        score_parts = []
+        for masks, scores in self._decode_parts(embedding, det.boxes):
+            rles.extend(encode_masks(masks))
+            score_parts.append(scores)
+            del masks
+        return det.with_mask_rles(rles, torch.cat(score_parts).to(det.device))
 
     def run(self, images: list[LoadedImage], detections: list[Detections]) -> dict[str, Any]:
         """Port entry: segment every detection's box."""

@@ -131,6 +131,40 @@ class CocoDataset:
         return coco
 
 
+def _few(values: Sequence[Any], limit: int = 5) -> str:
+    return ", ".join(map(repr, values[:limit])) + (", ..." if len(values) > limit else "")
+
+
+def _as_id(value: Any) -> int | str | None:
+    """A COCO id (an int or a string), or ``None`` for anything else."""
+    return value if isinstance(value, (int, str)) else None
+
+
+def _check_references(gt: dict[str, Any], annotations: Path) -> None:
+    """Refuse ground truth that COCOeval would silently leave out (the AP would then be wrong): annotations
+    that are not mappings or whose ``image_id`` / ``category_id`` no image / category has."""
+    anns = gt["annotations"]
+    if not isinstance(anns, list) or not all(isinstance(a, dict) for a in anns):
+        raise DatasetError(f"{annotations}: 'annotations' must be a list of mappings")
+    problems = []
+    for key, entries, what in (
+        ("image_id", gt["images"], "image"),
+        ("category_id", gt["categories"], "category"),
+    ):
+        known = {_as_id(e.get("id")) for e in entries if isinstance(e, dict)} - {None}
+        bad = [a for a in anns if _as_id(a.get(key)) not in known]
+        if bad:
+            problems.append(
+                f"{len(bad)} annotation(s) name an unknown {what} (ids {_few([a.get('id') for a in bad])}; "
+                f"{key} {_few(sorted({str(a.get(key)) for a in bad}))})"
+            )
+    if problems:
+        raise DatasetError(
+            f"{annotations}: {'; '.join(problems)}; COCO evaluation would drop them and the AP would be wrong: "
+            "fix the file"
+        )
+
+
 def load_coco_dataset(annotations: str | Path, images: str | Path, name: str | None = None) -> CocoDataset:
     """Read a COCO-format annotation file; ``images`` is the folder its ``file_name`` entries are in."""
     annotations, images = Path(annotations), Path(images)
@@ -150,6 +184,7 @@ def load_coco_dataset(annotations: str | Path, images: str | Path, name: str | N
     ids = [c.get("id") for c in gt["categories"]]
     if len(set(ids)) != len(ids):
         raise DatasetError(f"{annotations}: category ids repeat: {ids}")
+    _check_references(gt, annotations)
     return CocoDataset(name=name or annotations.stem, annotation_file=annotations, image_dir=images, gt=gt)
 
 

@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+from grounded.core.checks import optional_in_unit_interval
 from grounded.engine import Adapter, Pipeline, get_adapter
 
 __all__ = [
@@ -93,6 +94,7 @@ class Scoring:
             raise ValueError("max_dets must be at least 1")
         if self.nms_threshold is not None and not 0.0 < self.nms_threshold <= 1.0:
             raise ValueError("nms_threshold must lie in (0, 1]")
+        optional_in_unit_interval(score_threshold=self.score_threshold)
 
     @property
     def is_protocol(self) -> bool:

@@ -60,7 +60,6 @@ def detections_to_records(det: Detections, classes: Sequence[str]) -> list[dict[
     """JSON-ready per-detection records: ``bbox`` (xywh), ``score``, ``label`` (index into ``classes``),
     ``segmentation`` (RLE or ``None``) and ``mask_score``. Scores keep their full float32 value."""
     from grounded.core.boxes import xyxy_to_xywh
-    from grounded.core.rle import encode_masks
 
     lookup = {name: i for i, name in enumerate(classes)}
     unknown = sorted({c for c in det.class_names if c not in lookup})
@@ -71,7 +70,7 @@ def detections_to_records(det: Detections, classes: Sequence[str]) -> list[dict[
     boxes = xyxy_to_xywh(det.boxes.detach().float().cpu()).tolist()
     scores = det.scores.detach().float().cpu().tolist()
     labels = [lookup[c] for c in det.class_names]
-    rles: list[Any] = encode_masks(det.masks) if det.masks is not None else [None] * len(det)
+    rles: list[Any] = det.rles() if det.has_masks else [None] * len(det)
     mask_scores: list[Any] = (
         det.mask_scores.detach().float().cpu().tolist() if det.mask_scores is not None else [None] * len(det)
     )

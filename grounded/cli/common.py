@@ -12,6 +12,7 @@ from grounded.core.errors import UserError
 __all__ = [
     "DETECTOR_FLAGS",
     "add_device_option",
+    "add_overwrite_option",
     "add_quiet_option",
     "add_set_option",
     "params_from",
@@ -34,6 +35,16 @@ def add_device_option(parser: Any) -> None:
     parser.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:1, ...")
 
 
+def add_overwrite_option(parser: Any) -> None:
+    """``--overwrite``: let a job replace existing files that are not its own results."""
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace existing output files that are not results of this job (other settings, or files grounded "
+        "did not write); without it such a file is refused before any model is loaded, and inputs never are",
+    )
+
+
 def add_quiet_option(parser: Any, help: str = "no progress bar") -> None:
     """``--quiet`` / ``-q``."""
     parser.add_argument("--quiet", "-q", action="store_true", help=help)
@@ -48,7 +59,7 @@ def add_set_option(parser: Any, help: str) -> None:
 
 def parse_settings(settings: Sequence[str]) -> dict[str, dict[str, Any]]:
     """``["detector.box_threshold=0.3", ...]`` as node -> params, each value read as YAML."""
-    import yaml
+    from grounded.core.safe_yaml import load_yaml
 
     out: dict[str, dict[str, Any]] = {}
     for item in settings:
@@ -56,7 +67,7 @@ def parse_settings(settings: Sequence[str]) -> dict[str, dict[str, Any]]:
         node, dot, param = key.partition(".")
         if not eq or not dot or not node or not param:
             raise UserError(f"--set expects NODE.PARAM=VALUE, got {item!r}")
-        out.setdefault(node, {})[param] = yaml.safe_load(value)
+        out.setdefault(node, {})[param] = load_yaml(value, f"--set {key}")
     return out
 
 

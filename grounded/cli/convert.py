@@ -23,7 +23,12 @@ def add_parser(subparsers: Any) -> None:
         "keys and shapes; the file is unpickled with weights_only=True (tensors only, no code runs).",
     )
     convert.add_argument("checkpoint", type=Path, help="the official .pth file")
-    convert.add_argument("out_dir", type=Path, help="folder to write (replaced atomically if it exists)")
+    convert.add_argument(
+        "out_dir",
+        type=Path,
+        help="folder to write: a new one, an empty one, or a previous grounded conversion (replaced atomically); "
+        "anything else (a file, a folder with other files, ., .., the checkpoint's folder) is refused",
+    )
     convert.add_argument(
         "--text-encoder",
         default=None,

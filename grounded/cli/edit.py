@@ -10,6 +10,7 @@ from typing import Any
 
 from grounded.cli.common import (
     add_device_option,
+    add_overwrite_option,
     add_quiet_option,
     add_set_option,
     params_from,
@@ -26,7 +27,8 @@ EXIT_CODES = """\
 exit codes:
   0  the image was edited and written to --out
   1  the input image could not be read (missing, corrupt, not an image)
-  2  bad options, a missing model or pipeline, or an output that would overwrite the input
+  2  bad options, a missing model or pipeline, an output that would overwrite the input, or an
+     output file that exists already (replaced only with --overwrite; the input never is)
   3  nothing was selected (no detection, or none left after --index/--min-score/--pick): the input
      image is written to --out unchanged (the file copied byte for byte when the format is the same)
 
@@ -68,6 +70,7 @@ def add_parser(subparsers: Any) -> None:
         type=Path,
         help="also write the mask used here (8-bit: 255 repainted, 0 untouched, between: feathered blend)",
     )
+    add_overwrite_option(p)
     gen = p.add_argument_group("inpainting")
     gen.add_argument(
         "--inpainter",
@@ -213,6 +216,7 @@ def handler(args: argparse.Namespace) -> int:
             pipeline=args.pipeline,
             overrides=_overrides(args),
             shared=shared_params(args),
+            overwrite=args.overwrite,
         )
     except ImageLoadError as exc:
         print(f"grounded: error: {exc}", file=sys.stderr)

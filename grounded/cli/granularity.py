@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 from typing import Any
 
+from grounded.cli.common import add_overwrite_option
 from grounded.core.errors import EXIT_OK, UserError
 from grounded.tasks.granularity import ADAPTERS  # light: the task imports its models when it runs
 
@@ -14,12 +16,17 @@ __all__ = ["add_parser", "handler"]
 
 
 def _pairs(text: str, n: int, what: str) -> list[float]:
+    """``n`` comma-separated finite numbers; a box's corners must be ordered (x0 < x1, y0 < y1)."""
     try:
         values = [float(v) for v in text.split(",")]
     except ValueError:
         values = []
-    if len(values) != n:
+    if len(values) != n or not all(math.isfinite(v) for v in values):
         raise argparse.ArgumentTypeError(f"{what} must be {n} comma-separated numbers, got {text!r}")
+    if n == 4 and not (values[0] < values[2] and values[1] < values[3]):
+        raise argparse.ArgumentTypeError(
+            f"{what} {text!r} must read X0,Y0,X1,Y1 with X0 < X1 and Y0 < Y1 (top-left, then bottom-right)"
+        )
     return values
 
 
@@ -67,6 +74,7 @@ def add_parser(subparsers: Any) -> None:
         help="with --everything: drop masks whose predicted IoU is below this (default 0.88)",
     )
     p.add_argument("--out", "-o", type=Path, required=True, help="output folder")
+    add_overwrite_option(p)
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, ...")
     p.set_defaults(handler=handler)
 
@@ -75,9 +83,12 @@ def _levels_arg(text: str) -> str | list[int]:
     if text in ("all", "part", "whole"):
         return text
     try:
-        return [int(v) for v in text.split(",")]
+        numbers = [int(v) for v in text.split(",")]
     except ValueError:
-        raise UserError(f"--levels must be all, part, whole or numbers like 1,3; got {text!r}") from None
+        numbers = []
+    if not numbers or min(numbers) < 1:
+        raise UserError(f"--levels must be all, part, whole or level numbers (from 1) like 1,3; got {text!r}")
+    return numbers
 
 
 def _segmenter(args: argparse.Namespace) -> dict[str, Any]:
@@ -102,6 +113,7 @@ def _everything(args: argparse.Namespace) -> int:
         args.level,
         points_per_side=args.points_per_side,
         pred_iou_thresh=args.pred_iou_thresh,
+        overwrite=args.overwrite,
         **_segmenter(args),
     )
     print(f"grounded: {len(det)} mask(s) at level {args.level}", file=sys.stderr)
@@ -120,7 +132,13 @@ def handler(args: argparse.Namespace) -> int:
     except argparse.ArgumentTypeError as exc:
         raise UserError(str(exc)) from None
     results = level_files(
-        args.image, args.out, points=points, boxes=boxes, levels=_levels_arg(args.levels), **_segmenter(args)
+        args.image,
+        args.out,
+        points=points,
+        boxes=boxes,
+        levels=_levels_arg(args.levels),
+        overwrite=args.overwrite,
+        **_segmenter(args),
     )
     for i, r in enumerate(results):
         note = f"; nesting violated at levels {list(r.violations)}" if r.violations else ""

@@ -29,4 +29,6 @@ def handler(args: argparse.Namespace) -> int:
     from grounded.api import build_pipeline
 
     overrides = parse_settings(args.settings)
-    return process(args, build_pipeline(args.pipeline, overrides=overrides, shared=shared_params(args)))
+    return process(
+        args, lambda: build_pipeline(args.pipeline, overrides=overrides, shared=shared_params(args))
+    )

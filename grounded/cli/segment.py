@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from grounded.cli.common import (
     DETECTOR_FLAGS,
     add_device_option,
+    add_overwrite_option,
     add_quiet_option,
     params_from,
     shared_params,
@@ -26,7 +28,14 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     """The options ``segment`` and ``run`` share: images, prompt, outputs, batching, device."""
     p.add_argument("images", nargs="+", type=Path, help="image files (JPEG, PNG, TIFF, ...)")
     p.add_argument("--prompt", "-p", required=True, help='classes separated by " . ", e.g. "dog . red car"')
-    p.add_argument("--out", "-o", type=Path, required=True, help="output folder (created if missing)")
+    p.add_argument(
+        "--out",
+        "-o",
+        type=Path,
+        required=True,
+        help="output folder (created if missing; refused before any model is loaded when it is not a writable "
+        "folder). Files there are replaced only when they are results of the same settings (see --overwrite)",
+    )
     p.add_argument(
         "--format",
         choices=("files", "coco"),
@@ -48,8 +57,10 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--skip-existing",
         action="store_true",
-        help="resume an interrupted run: skip images whose NAME.json (written last) is already in --out",
+        help="resume an interrupted run: skip images whose NAME.json (written last) is already in --out; "
+        "refused when those results were made with other settings (prompt, pipeline, models, thresholds)",
     )
+    add_overwrite_option(p)
 
 
 def add_parser(subparsers: Any) -> None:
@@ -119,20 +130,24 @@ def summarize(summary: SegmentSummary, out: Path) -> int:
     return EXIT_IMAGE_ERRORS if summary.failures else EXIT_OK
 
 
-def process(args: argparse.Namespace, pipeline: Any) -> int:
-    """Run ``pipeline`` on the files that the :func:`add_run_options` options name; returns the exit code."""
+def process(args: argparse.Namespace, build: Callable[[], Any]) -> int:
+    """Prepare ``--out``, then run the pipeline that ``build`` makes on the files that the
+    :func:`add_run_options` options name; returns the exit code."""
+    from grounded.core.files import OutputFolder
     from grounded.tasks.segment_files import segment_files
 
-    summary = segment_files(
-        pipeline,
-        args.images,
-        args.prompt,
-        args.out,
-        format=args.format,
-        batch_size=args.batch_size,
-        quiet=args.quiet,
-        skip_existing=args.skip_existing,
-    )
+    with OutputFolder(args.out) as out:  # an unusable --out is refused before any model is loaded
+        summary = segment_files(
+            build(),
+            args.images,
+            args.prompt,
+            out,
+            format=args.format,
+            batch_size=args.batch_size,
+            quiet=args.quiet,
+            skip_existing=args.skip_existing,
+            overwrite=args.overwrite,
+        )
     return summarize(summary, args.out)
 
 
@@ -141,4 +156,6 @@ def handler(args: argparse.Namespace) -> int:
     from grounded.api import build_pipeline
 
     overrides = _overrides(args)
-    return process(args, build_pipeline(args.pipeline, overrides=overrides, shared=shared_params(args)))
+    return process(
+        args, lambda: build_pipeline(args.pipeline, overrides=overrides, shared=shared_params(args))
+    )

@@ -4,6 +4,11 @@ A :class:`Detections` holds the results for **one image** as parallel arrays tha
 they were computed (boxes, scores, class ids, optional masks and mask scores), plus the prompt's class
 vocabulary and the exact text span (phrase) each detection matched. It converts to and from
 ``supervision.Detections`` for drawing and interop, and to COCO RLE for export.
+
+Masks are held one of two ways: ``masks``, a dense ``(N, H, W)`` bool tensor, or, where that would take more
+than :data:`DENSE_MASK_BYTES` (many detections on a very large image), ``mask_rles``, one COCO RLE per
+detection (a few KB each). Readers that work one mask at a time (:meth:`Detections.mask_array`,
+:meth:`Detections.rles`, :meth:`Detections.mask_areas`) accept both; :meth:`Detections.dense_masks` decodes.
 """
 
 from __future__ import annotations
@@ -15,9 +20,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from grounded.core.rle import encode_masks
+from grounded.core.rle import decode_rle, encode_masks, rle_area
 
-__all__ = ["Detections"]
+__all__ = ["DENSE_MASK_BYTES", "Detections", "fits_dense"]
+
+#: the most bytes of dense bool masks one image's detections hold; beyond it masks are held as RLE
+DENSE_MASK_BYTES = 512 * 1024 * 1024
+
+
+def fits_dense(count: int, image_size: tuple[int, int]) -> bool:
+    """Whether ``count`` dense bool masks of ``image_size`` fit :data:`DENSE_MASK_BYTES`."""
+    return count * image_size[0] * image_size[1] <= DENSE_MASK_BYTES
+
 
 Index = int | slice | Sequence[int] | torch.Tensor | np.ndarray
 
@@ -35,6 +49,8 @@ class Detections:
         image_size: ``(height, width)`` of the original image.
         masks: optional ``(N, H, W)`` bool masks at the original image size.
         mask_scores: optional ``(N,)`` predicted mask quality (SAM's IoU prediction).
+        mask_rles: the same masks as ``N`` COCO RLE dicts (``size`` ``[H, W]``, ``counts`` str), in place of
+            ``masks`` (never both) where dense masks would not fit :data:`DENSE_MASK_BYTES`.
     """
 
     boxes: torch.Tensor
@@ -45,6 +61,7 @@ class Detections:
     image_size: tuple[int, int]
     masks: torch.Tensor | None = None
     mask_scores: torch.Tensor | None = None
+    mask_rles: tuple[dict[str, Any], ...] | None = None
 
     def __post_init__(self) -> None:
         n = self.boxes.shape[0]
@@ -66,6 +83,13 @@ class Detections:
                 raise ValueError(
                     f"masks must be bool of shape {expected}, got {self.masks.dtype} {tuple(self.masks.shape)}"
                 )
+        if self.mask_rles is not None:
+            if self.masks is not None:
+                raise ValueError("give masks or mask_rles, not both")
+            if len(self.mask_rles) != n or any(
+                tuple(r["size"]) != tuple(self.image_size) for r in self.mask_rles
+            ):
+                raise ValueError(f"mask_rles must be {n} RLEs of size {list(self.image_size)}")
         if self.mask_scores is not None and self.mask_scores.shape != (n,):
             raise ValueError(f"mask_scores must have shape ({n},), got {tuple(self.mask_scores.shape)}")
 
@@ -93,9 +117,10 @@ class Detections:
         for p in parts[1:]:
             if p.classes != first.classes or p.image_size != first.image_size:
                 raise ValueError("Detections.cat needs the same classes and image size in every part")
-        with_masks = [p.masks is not None for p in parts]
+        with_masks = [p.has_masks for p in parts]
         if any(with_masks) and not all(with_masks):
             raise ValueError("Detections.cat needs masks in all parts or in none")
+        dense = all(p.masks is not None for p in parts)
         return cls(
             boxes=torch.cat([p.boxes for p in parts]),
             scores=torch.cat([p.scores for p in parts]),
@@ -103,17 +128,65 @@ class Detections:
             classes=first.classes,
             phrases=tuple(ph for p in parts for ph in p.phrases),
             image_size=first.image_size,
-            masks=torch.cat([p.masks for p in parts]) if all(with_masks) else None,  # type: ignore[misc]
+            masks=torch.cat([p.masks for p in parts]) if dense else None,  # type: ignore[misc]
             mask_scores=(
                 torch.cat([p.mask_scores for p in parts])  # type: ignore[misc]
                 if all(p.mask_scores is not None for p in parts)
                 else None
             ),
+            mask_rles=tuple(r for p in parts for r in p.rles()) if all(with_masks) and not dense else None,
         )
 
     def with_masks(self, masks: torch.Tensor, mask_scores: torch.Tensor | None = None) -> Detections:
         """A copy with masks (``(N, H, W)`` bool) and their predicted quality attached."""
-        return replace(self, masks=masks, mask_scores=mask_scores)
+        return replace(self, masks=masks, mask_scores=mask_scores, mask_rles=None)
+
+    def with_mask_rles(
+        self, rles: Sequence[dict[str, Any]], mask_scores: torch.Tensor | None = None
+    ) -> Detections:
+        """A copy with masks given as one COCO RLE per detection (the compact form) and their quality."""
+        return replace(self, masks=None, mask_scores=mask_scores, mask_rles=tuple(rles))
+
+    # ------------------------------------------------------------------ masks, one at a time
+    @property
+    def has_masks(self) -> bool:
+        """Whether masks are attached (dense or as RLE)."""
+        return self.masks is not None or self.mask_rles is not None
+
+    def _need_masks(self) -> None:
+        if not self.has_masks:
+            raise ValueError("these detections have no masks")
+
+    def mask_array(self, i: int) -> np.ndarray:
+        """Detection ``i``'s mask as a ``(H, W)`` bool numpy array on the host."""
+        self._need_masks()
+        if self.masks is not None:
+            return np.asarray(self.masks[i].detach().cpu().numpy(), dtype=bool)
+        return decode_rle(self.mask_rles[i])  # type: ignore[index]
+
+    def rles(self) -> list[dict[str, Any]]:
+        """One COCO RLE per detection (encoded one mask at a time from dense masks)."""
+        self._need_masks()
+        if self.mask_rles is not None:
+            return list(self.mask_rles)
+        return [encode_masks(self.masks[i : i + 1])[0] for i in range(len(self))]  # type: ignore[index]
+
+    def mask_areas(self) -> list[int]:
+        """Foreground pixels of each mask."""
+        self._need_masks()
+        if self.mask_rles is not None:
+            return [rle_area(r) for r in self.mask_rles]
+        return [int(v) for v in self.masks.flatten(1).sum(1).tolist()]  # type: ignore[union-attr]
+
+    def dense_masks(self) -> torch.Tensor:
+        """All masks as ``(N, H, W)`` bool (decodes RLE masks: ``N x H x W`` bytes)."""
+        self._need_masks()
+        if self.masks is not None:
+            return self.masks
+        stack = torch.zeros((len(self), *self.image_size), dtype=torch.bool, device=self.device)
+        for i in range(len(self)):
+            stack[i] = torch.from_numpy(self.mask_array(i))
+        return stack
 
     # ------------------------------------------------------------------ access
     def __len__(self) -> int:
@@ -140,6 +213,7 @@ class Detections:
             phrases=tuple(self.phrases[i] for i in positions),
             masks=None if self.masks is None else self.masks[idx],
             mask_scores=None if self.mask_scores is None else self.mask_scores[idx],
+            mask_rles=None if self.mask_rles is None else tuple(self.mask_rles[i] for i in positions),
         )
 
     def _normalize_index(self, index: Index) -> torch.Tensor:
@@ -196,7 +270,7 @@ class Detections:
         return sv.Detections(
             metadata={"classes": list(self.classes), "image_size": self.image_size},
             xyxy=self.boxes.detach().float().cpu().numpy().astype(np.float32).reshape(-1, 4),
-            mask=None if self.masks is None else self.masks.detach().cpu().numpy(),
+            mask=self.dense_masks().detach().cpu().numpy() if self.has_masks else None,
             confidence=self.scores.detach().float().cpu().numpy(),
             class_id=self.class_ids.detach().cpu().numpy(),
             data=data,
@@ -263,7 +337,8 @@ class Detections:
         from grounded.core.boxes import xyxy_to_xywh
 
         xywh = xyxy_to_xywh(self.boxes.detach().float().cpu()).tolist()
-        rles = encode_masks(self.masks) if self.masks is not None else [None] * len(self)
+        rles: list[Any] = self.rles() if self.has_masks else [None] * len(self)
+        areas: list[Any] = self.mask_areas() if self.has_masks else [None] * len(self)
         mask_scores = (
             self.mask_scores.detach().float().cpu().tolist() if self.mask_scores is not None else None
         )
@@ -285,7 +360,7 @@ class Detections:
             )
             if rles[i] is not None:
                 record["segmentation"] = rles[i]
-                record["area"] = int(self.masks[i].sum())  # type: ignore[index]
+                record["area"] = areas[i]
             if mask_scores is not None:
                 record["mask_score"] = round(mask_scores[i], 6)
             records.append(record)

@@ -4,20 +4,52 @@ Every loader returns a :class:`LoadedImage` whose ``pixels`` are a C-contiguous 
 with the EXIF orientation already applied. Grayscale, 16-bit, palette, CMYK and YCbCr images are converted;
 transparent pixels are composited onto **white** (what most image viewers show). A file that is missing,
 not an image, truncated or empty raises :class:`ImageLoadError` with a one-line message naming the file.
+
+Limits, checked from the file's header before any pixel is decoded: at most :func:`max_pixels` pixels
+(``GROUNDED_MAX_PIXELS``, default :data:`DEFAULT_MAX_PIXELS`), a long side at most :data:`MAX_ASPECT_RATIO`
+times the short one (the models' resizing would make the short side 0 pixels), and only regular files (a
+FIFO, device or socket is refused before it is opened for reading, so it cannot block). Of an animated or
+multi-page file only the first frame is read, with a warning naming the file and its frame count.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
+import os
+import stat
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-__all__ = ["ImageLoadError", "ImageSource", "LoadedImage", "load_image", "load_images", "unique_names"]
+from grounded.core.errors import UserError
+
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "MAX_ASPECT_RATIO",
+    "MAX_PIXELS_ENV",
+    "ImageLoadError",
+    "ImageSource",
+    "LoadedImage",
+    "load_image",
+    "load_images",
+    "max_pixels",
+    "unique_names",
+]
+
+_log = logging.getLogger(__name__)
+
+MAX_PIXELS_ENV = "GROUNDED_MAX_PIXELS"
+#: Pillow's own refusal threshold (twice ``Image.MAX_IMAGE_PIXELS``), about 179 MP, e.g. 13,000 x 13,700
+DEFAULT_MAX_PIXELS = 178_956_970
+#: the longest side may be at most this many times the shortest (Grounding DINO's resize needs <= 1333)
+MAX_ASPECT_RATIO = 1000
 
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
@@ -95,6 +127,7 @@ def load_image(source: ImageSource, name: str | None = None) -> LoadedImage:
         return LoadedImage(pixels=pixels, name=name or (path.stem if path else "image"), path=path)
     if isinstance(source, (str, Path)):
         path = Path(source)
+        max_pixels()  # a bad GROUNDED_MAX_PIXELS is the user's error, not this image's
         return LoadedImage(pixels=_guarded(lambda: _read_file(path), path), name=name or path.stem, path=path)
     raise TypeError(f"cannot load an image from {type(source).__name__}")
 
@@ -137,15 +170,84 @@ def unique_names(names: Sequence[str]) -> list[str]:
 
 
 # ---------------------------------------------------------------------- decoding
+def max_pixels() -> int:
+    """The most pixels an image file may have: ``GROUNDED_MAX_PIXELS`` if set, else :data:`DEFAULT_MAX_PIXELS`."""
+    value = os.environ.get(MAX_PIXELS_ENV, "").strip().replace("_", "")
+    if not value:
+        return DEFAULT_MAX_PIXELS
+    if not value.isdigit() or int(value) < 1:
+        raise UserError(f"{MAX_PIXELS_ENV} must be a positive whole number of pixels, got {value!r}")
+    return int(value)
+
+
 def _read_file(path: Path) -> np.ndarray:
-    with Image.open(path) as image:
-        return _decode_pil(image, path)
+    # O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer forever
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    with os.fdopen(fd, "rb") as stream:
+        mode = os.fstat(stream.fileno()).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(str(path))
+        if not stat.S_ISREG(mode):
+            raise ImageLoadError(path, f"not a regular file ({_file_kind(mode)}); give an image file")
+        with _open_limited(stream, path) as image:
+            return _decode_pil(image, path, owned=True)
 
 
-def _decode_pil(image: Image.Image, path: Path | None) -> np.ndarray:
-    image.load()  # force a full decode so that truncated files fail here
+def _file_kind(mode: int) -> str:
+    for test, kind in (
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    ):
+        if test(mode):
+            return kind
+    return "not a plain file"
+
+
+def _open_limited(stream: Any, path: Path) -> Image.Image:
+    """Open (header only) and check size, aspect ratio and frames before anything is decoded."""
+    limit = max_pixels()
+    if Image.MAX_IMAGE_PIXELS is not None and limit >= 2 * Image.MAX_IMAGE_PIXELS:
+        Image.MAX_IMAGE_PIXELS = limit // 2 + 1  # our limit replaces Pillow's (which refuses at twice it)
+    with warnings.catch_warnings():  # Pillow warns from half its limit on; ours is checked just below
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            image = Image.open(stream)
+        except Image.DecompressionBombError as exc:
+            raise ImageLoadError(path, _too_large(exc, limit)) from exc
+    width, height = image.size
+    if width * height > limit:
+        image.close()
+        raise ImageLoadError(path, _too_large(f"{width}x{height} = {width * height:,} pixels", limit))
+    if min(width, height) > 0 and max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+        image.close()
+        raise ImageLoadError(
+            path,
+            f"{width}x{height} pixels: the long side is over {MAX_ASPECT_RATIO} times the short one "
+            "(the models' resizing would leave the short side 0 pixels)",
+        )
+    frames = int(getattr(image, "n_frames", 1) or 1)
+    if frames > 1:
+        _log.warning("%s: %d frames (animated or multi-page); only the first frame is used", path, frames)
+    return image
+
+
+def _too_large(detail: object, limit: int) -> str:
+    text = _one_line(detail) if isinstance(detail, BaseException) else str(detail)
+    return f"image too large ({text}; the limit is {limit:,} pixels, set {MAX_PIXELS_ENV} to change it)"
+
+
+def _decode_pil(image: Image.Image, path: Path | None, owned: bool = False) -> np.ndarray:
+    """Decode to RGB; ``owned``: the image is ours to change in place (saves a full-size copy)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        image.load()  # force a full decode so that truncated files fail here
     if image.width == 0 or image.height == 0:
         raise ImageLoadError(path, f"empty image ({image.width}x{image.height} pixels)")
+    if owned:
+        ImageOps.exif_transpose(image, in_place=True)
+        return _pil_to_rgb(image)
     return _pil_to_rgb(ImageOps.exif_transpose(image))
 
 
@@ -153,7 +255,7 @@ def _guarded(decode: Callable[[], np.ndarray], path: Path | None) -> np.ndarray:
     """Run ``decode``, turning every failure into an :class:`ImageLoadError` with a one-line reason."""
     try:
         return decode()
-    except ImageLoadError:
+    except (ImageLoadError, UserError):
         raise
     except FileNotFoundError as exc:
         raise ImageLoadError(path, "file not found") from exc
@@ -164,8 +266,10 @@ def _guarded(decode: Callable[[], np.ndarray], path: Path | None) -> np.ndarray:
     except UnidentifiedImageError as exc:
         raise ImageLoadError(path, "not an image file (cannot identify image file)") from exc
     except Image.DecompressionBombError as exc:
-        raise ImageLoadError(path, f"image too large ({_one_line(exc)})") from exc
+        raise ImageLoadError(path, _too_large(exc, max_pixels())) from exc
     except OSError as exc:
+        if exc.errno is not None and exc.strerror:  # the system refused the file (a symlink loop, ...)
+            raise ImageLoadError(path, f"cannot open ({exc.strerror})") from exc
         raise ImageLoadError(path, f"corrupt or truncated image ({_one_line(exc)})") from exc
     except Exception as exc:  # Pillow plugins raise many types (SyntaxError, ValueError, struct.error, ...)
         raise ImageLoadError(path, f"cannot decode image ({type(exc).__name__}: {_one_line(exc)})") from exc
@@ -189,7 +293,9 @@ def _pil_to_rgb(image: Image.Image) -> np.ndarray:
         return _gray_to_rgb(np.asarray(image.convert("L")))
     if mode in _ALPHA_MODES or "transparency" in image.info:
         return _composite_on_white(np.asarray(image.convert("RGBA")))
-    return np.ascontiguousarray(np.asarray(image.convert("RGB")))
+    if mode != "RGB":
+        image = image.convert("RGB")
+    return np.ascontiguousarray(np.asarray(image))
 
 
 def _array_to_rgb(array: np.ndarray) -> np.ndarray:

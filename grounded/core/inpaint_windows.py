@@ -30,6 +30,7 @@ from grounded.core.maskops import bounding_box
 __all__ = ["Window", "crop_window", "paste_back", "plan_window", "working_mask"]
 
 _RESAMPLE = Image.Resampling.LANCZOS
+_BLEND_PIXELS = 1 << 21  # pixels blended at once (float64: about 100 MB of temporaries)
 
 
 @dataclass(frozen=True)
@@ -174,7 +175,12 @@ def paste_back(pixels: np.ndarray, generated: np.ndarray, window: Window, alpha:
     if (alpha > 0).sum() != where.sum():
         raise ValueError("the window does not contain every pixel to edit")
     original = out[iy0:iy1, ix0:ix1]
-    weight = a[where][:, None].astype(np.float64)
-    blended = weight * gen[where].astype(np.float64) + (1.0 - weight) * original[where].astype(np.float64)
-    original[where] = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
+    rows = max(1, _BLEND_PIXELS // max(1, ix1 - ix0))  # float64 blending a band of rows at a time
+    for r in range(0, iy1 - iy0, rows):
+        band, mask = original[r : r + rows], where[r : r + rows]
+        weight = a[r : r + rows][mask][:, None].astype(np.float64)
+        blended = weight * gen[r : r + rows][mask].astype(np.float64) + (1.0 - weight) * band[mask].astype(
+            np.float64
+        )
+        band[mask] = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
     return out

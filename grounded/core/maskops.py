@@ -223,10 +223,10 @@ def edit_mask(
     """
     if len(detections) == 0:
         return EditMask.nothing(detections.image_size, "no detections")
-    if detections.masks is None:
+    if not detections.has_masks:
         raise ValueError("mask operations need masks: put a segmenter (sam, sam_hq) before mask_ops")
     size = detections.image_size
-    masks = detections.masks.detach().cpu().numpy().astype(bool, copy=False)
+    masks = detections.dense_masks().detach().cpu().numpy().astype(bool, copy=False)
     scores = detections.scores.detach().float().cpu().numpy()
     chosen, reason = pick_instances(masks, scores, pick, indices, min_score)
     if not chosen:

@@ -72,7 +72,7 @@ class Ontology:
         classes = []
         for entry in entries:
             entry = entry.strip()
-            if not entry or entry.startswith("#"):
+            if not entry:
                 continue
             name, colon, rest = entry.partition(":")
             name = _norm(name)
@@ -86,10 +86,18 @@ class Ontology:
 
     @classmethod
     def load(cls, spec: str | Path) -> Ontology:
-        """From text, or from a file (one class per line, ``name: prompt, prompt``) when ``spec`` is a file."""
+        """From text, or from a file (one class per line, ``name: prompt, prompt``) when ``spec`` is a file.
+
+        Only in a file, a line whose first non-blank character is ``#`` is a comment; in text a class may start
+        with ``#``.
+        """
         path = Path(str(spec))
         if str(spec).endswith((".txt", ".yaml", ".yml", ".csv")) and path.is_file():
-            lines = path.read_text(encoding="utf-8").splitlines()
+            lines = [
+                line
+                for line in path.read_text(encoding="utf-8").splitlines()
+                if not line.lstrip().startswith("#")
+            ]
             return cls.parse("\n".join(line if ":" in line else line + ":" + line for line in lines))
         return cls.parse(str(spec))
 
@@ -127,6 +135,7 @@ class Ontology:
             image_size=det.image_size,
             masks=det.masks,
             mask_scores=det.mask_scores,
+            mask_rles=det.mask_rles,
         )
 
     def to_spec(self) -> str:

@@ -1,4 +1,5 @@
-"""Text prompts: parsing ``"dog . red car"`` into classes, building captions, splitting long ones."""
+"""Text prompts: parsing ``"dog . red car"`` (or one class per line) into classes, building captions, splitting
+long ones."""
 
 from __future__ import annotations
 
@@ -33,12 +34,20 @@ class Prompt:
 
     @classmethod
     def of(cls, prompt: str | Sequence[str] | Prompt) -> Prompt:
-        """A prompt from text (``"dog . red car"``), a list of class names, or a prompt."""
+        """A prompt from text (``"dog . red car"``), a list of class names, or a prompt.
+
+        In a list each item is one class: an item holding a line break (which separates classes in text) is
+        refused rather than joined into one class.
+        """
         if isinstance(prompt, Prompt):
             return prompt
         if isinstance(prompt, str):
             return parse_prompt(prompt)
-        return cls(_dedupe(str(c).strip() for c in prompt))
+        names = [str(c) for c in prompt]
+        for name in names:
+            if len(name.strip().splitlines()) > 1:
+                raise PromptError(f"class name {name!r} contains a line break, which separates classes")
+        return cls(_dedupe(name.strip() for name in names))
 
     def __str__(self) -> str:
         return SEPARATOR.join(self.classes)
@@ -56,10 +65,11 @@ def _dedupe(names: object) -> tuple[str, ...]:
 
 
 def parse_prompt(text: str) -> Prompt:
-    """Split a Grounding-DINO style prompt on ``.`` into classes (whitespace normalised, duplicates dropped)."""
+    """Split a Grounding-DINO style prompt into classes on ``.`` and on line breaks (``"cup\nplate"`` is two
+    classes, as ``"cup . plate"``); whitespace normalised, duplicates dropped."""
     if not isinstance(text, str):
         raise PromptError(f"prompt must be a string, got {type(text).__name__}")
-    return Prompt(_dedupe(part.strip() for part in text.split(".")))
+    return Prompt(_dedupe(part.strip() for line in text.splitlines() for part in line.split(".")))
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from grounded.core.safe_yaml import YamlError, dump_yaml, read_yaml
 from grounded.engine.adapter import Adapter
 from grounded.engine.pipeline import Pipeline, PipelineError
 from grounded.engine.registry import get_adapter
@@ -66,7 +65,10 @@ def pipeline_from_dict(
     missing_nodes = set(overrides) - set(nodes)
     if missing_nodes:
         raise PipelineError(f"overrides name unknown nodes {sorted(missing_nodes)}; nodes: {sorted(nodes)}")
-    pipeline = Pipeline(str(spec.get("name", "pipeline")))
+    name = spec.get("name", "pipeline")
+    if not isinstance(name, (str, int, float)):
+        raise PipelineError(f"a pipeline's 'name' must be a string, got a {type(name).__name__}")
+    pipeline = Pipeline(str(name))
     for node, node_spec in nodes.items():
         if not isinstance(node_spec, Mapping) or "type" not in node_spec:
             raise PipelineError(f"node {node!r} needs a 'type' (a registered adapter name)")
@@ -107,9 +109,9 @@ def read_pipeline_spec(path_or_name: str | Path) -> dict[str, Any]:
             )
         path = bundled[key]
     try:
-        spec = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise PipelineError(f"{path}: invalid YAML: {exc}") from None
+        spec = read_yaml(path)
+    except YamlError as exc:
+        raise PipelineError(str(exc)) from None
     if not isinstance(spec, dict):
         raise PipelineError(f"{path}: a pipeline file must hold a mapping")
     return spec
@@ -126,4 +128,4 @@ def load_pipeline(
 
 def dump_pipeline(pipeline: Pipeline) -> str:
     """The YAML text of a pipeline (loads back to an equal pipeline)."""
-    return yaml.safe_dump(pipeline.to_dict(), sort_keys=False)
+    return dump_yaml(pipeline.to_dict())

@@ -21,8 +21,10 @@ from typing import Any
 import torch
 
 __all__ = [
+    "CONVERSION_MARKER",
     "TEXT_ENCODER_ENV",
     "CheckpointError",
+    "check_conversion_target",
     "convert_checkpoint",
     "converted_folder",
     "detect_variant",
@@ -520,6 +522,102 @@ def _text_encoder(source: str | Path | None, checkpoint: str) -> tuple[Any, Any 
 
 
 # ------------------------------------------------------------------------------------------------ entry points
+#: the file that marks a folder written by :func:`convert_checkpoint` (which may replace such a folder)
+CONVERSION_MARKER = "grounded_conversion.json"
+
+
+def check_conversion_target(checkpoint: Path, out: Path) -> None:
+    """Refuse (one line) an ``out`` that a conversion may not replace: anything but a missing path, an empty
+    folder or a previous conversion; never ``.``, ``..``, a link, the current folder, or a folder holding
+    ``checkpoint``."""
+    from grounded.core.errors import UserError
+
+    def refuse(why: str) -> UserError:
+        return UserError(f"cannot convert to {out}: {why}; choose a new folder")
+
+    if out.name in ("", ".", ".."):
+        raise refuse("give the name of the folder to write, not . or ..")
+    target = out.resolve()
+    holders = {Path.cwd().resolve(), *Path.cwd().resolve().parents}
+    if target == checkpoint.resolve().parent or target in checkpoint.resolve().parents:
+        raise refuse("it holds the checkpoint")
+    if target in holders:
+        raise refuse("it holds the current folder")
+    if out.is_symlink():
+        raise refuse("it is a link")
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise refuse("it exists and is not a folder")
+    content = sorted(p.name for p in out.iterdir())
+    if content and CONVERSION_MARKER not in content:
+        shown = ", ".join(content[:3]) + (", ..." if len(content) > 3 else "")
+        raise refuse(f"it holds other files ({shown}), not a grounded conversion")
+
+
+def _save(
+    state_dict: dict[str, torch.Tensor], variant: str, folder: Path, text_encoder: Any, name: str
+) -> None:
+    """Write the model and processor of ``state_dict`` (of ``variant``) into ``folder``."""
+    from transformers import SamHQProcessor, SamImageProcessorPil, SamProcessor
+
+    if variant.startswith("grounding_dino"):
+        from transformers import GroundingDinoImageProcessorPil, GroundingDinoProcessor
+
+        tokenizer, text_config = _text_encoder(text_encoder, name)
+        model = _load_gdino(state_dict, text_config)
+        if len(tokenizer) != model.config.text_config.vocab_size:
+            raise CheckpointError(
+                f"the text encoder's tokenizer has {len(tokenizer)} tokens, the checkpoint's BERT embeds "
+                f"{model.config.text_config.vocab_size}: use the tokenizer the checkpoint was trained with"
+            )
+        model.save_pretrained(folder)
+        # the official load_image resizes the PIL image (shorter side 800, longer at most 1333): the PIL
+        # backend does the same, so converted files see the pixels the official code sees
+        GroundingDinoProcessor(
+            image_processor=GroundingDinoImageProcessorPil(), tokenizer=tokenizer
+        ).save_pretrained(folder)
+        return
+    hq = variant.startswith("sam_hq")
+    if variant.endswith("_tinyvit"):  # no transformers TinyViT: our port, rebuilt by the SAM adapter
+        from grounded.models.tinyvit import save_tinyvit_sam
+
+        model = _load_sam_tinyvit(state_dict, hq=hq)
+        save_tinyvit_sam(model, folder)
+    else:
+        model = _load_sam(state_dict, hq=hq)
+        model.save_pretrained(folder)
+    size = int(model.config.vision_config.image_size)
+    # the PIL backend resizes exactly as the official ResizeLongestSide does (the torchvision one differs
+    # by up to 0.02 in normalised pixel values), so converted files give the official results
+    image_processor = SamImageProcessorPil(
+        size={"longest_edge": size}, pad_size={"height": size, "width": size}
+    )
+    (SamHQProcessor if hq else SamProcessor)(image_processor=image_processor).save_pretrained(folder)
+
+
+def _install(tmp: Path, out: Path, checkpoint: Path, replace: bool) -> None:
+    """Move the finished conversion ``tmp`` to ``out``; a previous conversion there is replaced (``replace``)
+    or kept (``tmp`` discarded)."""
+    import shutil
+
+    from grounded.core.files import make_temp_dir
+
+    check_conversion_target(checkpoint, out)  # again: the conversion took a while
+    if not out.exists():
+        os.rename(tmp, out)
+        return
+    if not replace and (out / CONVERSION_MARKER).is_file():
+        shutil.rmtree(tmp)
+        return
+    old = make_temp_dir(out.parent)
+    os.replace(
+        out, old
+    )  # out is empty or a conversion: renamed aside, never deleted before the new one is in
+    os.rename(tmp, out)
+    shutil.rmtree(old)
+
+
 def convert_checkpoint(path: str | Path, out_dir: str | Path, text_encoder: str | Path | None = None) -> Path:
     """Convert an official checkpoint to a transformers-format folder (model + processor) at ``out_dir``.
 
@@ -528,51 +626,32 @@ def convert_checkpoint(path: str | Path, out_dir: str | Path, text_encoder: str 
 
     ``text_encoder`` (Grounding DINO only): hub id or local folder of the BERT tokenizer the official files
     leave out; default ``$GROUNDED_TEXT_ENCODER``, else ``bert-base-uncased``.
-    """
-    from transformers import SamHQProcessor, SamImageProcessorPil, SamProcessor
 
+    The folder is written beside ``out_dir`` under a temporary name, marked with :data:`CONVERSION_MARKER`,
+    then renamed into place: ``out_dir`` must be missing, an empty folder or a previous conversion
+    (:func:`check_conversion_target`); anything else is refused before the checkpoint is read.
+    """
+    return _convert(Path(path), Path(out_dir), text_encoder, replace=True)
+
+
+def _convert(path: Path, out: Path, text_encoder: str | Path | None, *, replace: bool) -> Path:
+    import shutil
+
+    from grounded.core.files import OutputFolder, atomic_write_text, compact_json, make_temp_dir
+
+    check_conversion_target(path, out)
     state_dict = read_state_dict(path)
     variant = detect_variant(state_dict)
-    out = Path(out_dir)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    if variant.startswith("grounding_dino"):
-        from transformers import GroundingDinoImageProcessorPil, GroundingDinoProcessor
-
-        tokenizer, text_config = _text_encoder(text_encoder, Path(path).name)
-        model = _load_gdino(state_dict, text_config)
-        if len(tokenizer) != model.config.text_config.vocab_size:
-            raise CheckpointError(
-                f"the text encoder's tokenizer has {len(tokenizer)} tokens, the checkpoint's BERT embeds "
-                f"{model.config.text_config.vocab_size}: use the tokenizer the checkpoint was trained with"
-            )
-        model.save_pretrained(tmp)
-        # the official load_image resizes the PIL image (shorter side 800, longer at most 1333): the PIL
-        # backend does the same, so converted files see the pixels the official code sees
-        GroundingDinoProcessor(
-            image_processor=GroundingDinoImageProcessorPil(), tokenizer=tokenizer
-        ).save_pretrained(tmp)
-    else:
-        hq = variant.startswith("sam_hq")
-        if variant.endswith("_tinyvit"):  # no transformers TinyViT: our port, rebuilt by the SAM adapter
-            from grounded.models.tinyvit import save_tinyvit_sam
-
-            model = _load_sam_tinyvit(state_dict, hq=hq)
-            save_tinyvit_sam(model, tmp)
-        else:
-            model = _load_sam(state_dict, hq=hq)
-            model.save_pretrained(tmp)
-        size = int(model.config.vision_config.image_size)
-        # the PIL backend resizes exactly as the official ResizeLongestSide does (the torchvision one differs
-        # by up to 0.02 in normalised pixel values), so converted files give the official results
-        image_processor = SamImageProcessorPil(
-            size={"longest_edge": size}, pad_size={"height": size, "width": size}
-        )
-        (SamHQProcessor if hq else SamProcessor)(image_processor=image_processor).save_pretrained(tmp)
-    if out.exists():
-        import shutil
-
-        shutil.rmtree(out)
-    os.replace(tmp, out)  # nothing half-written at out_dir
+    with OutputFolder(out.parent, "output folder") as parent:
+        tmp = make_temp_dir(parent.path)
+        try:
+            _save(state_dict, variant, tmp, text_encoder, path.name)
+            marker = {"source": path.name, "variant": variant}
+            atomic_write_text(tmp / CONVERSION_MARKER, compact_json(marker))
+            _install(tmp, out, path, replace)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     return out
 
 
@@ -587,9 +666,11 @@ def converted_folder(path: str | Path) -> Path:
     if os.environ.get(TEXT_ENCODER_ENV):  # the tokenizer is part of a converted Grounding DINO folder
         key += f"|{os.environ[TEXT_ENCODER_ENV]}"
     digest = hashlib.blake2b(key.encode(), digest_size=8).hexdigest()
-    root = Path(os.environ.get("GROUNDED_CACHE", Path.home() / ".cache" / "grounded")) / "converted"
+    from grounded.models.hub import cache_folder, writable_folder
+
+    root = cache_folder("converted")  # $GROUNDED_CACHE
     folder = root / f"{path.stem}-{digest}"
     if not (folder / "config.json").is_file():
-        root.mkdir(parents=True, exist_ok=True)
-        convert_checkpoint(path, folder)
+        writable_folder(root)  # an unwritable cache: one line naming it and the variable
+        _convert(path, folder, None, replace=False)  # another process's conversion meanwhile: kept
     return folder

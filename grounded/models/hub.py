@@ -5,28 +5,57 @@ from __future__ import annotations
 
 import os
 import socket
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 from urllib.parse import urlparse
 
 __all__ = [
+    "CACHE_ENV",
     "CHECKPOINT_SUFFIXES",
     "ModelSourceError",
+    "cache_folder",
     "call_loader",
     "hub_reachable",
     "in_cache",
     "load_pretrained",
+    "loader_error",
     "looks_like_path",
     "resolve_pretrained",
+    "writable_folder",
 ]
 
 T = TypeVar("T")
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".safetensors")
+#: where grounded keeps what it makes from downloaded files (converted checkpoints); ``~/.cache/grounded`` by default
+CACHE_ENV = "GROUNDED_CACHE"
 
 
 class ModelSourceError(Exception):
     """A model could not be found or loaded; the message is one line saying what to do."""
+
+
+def cache_folder(*parts: str) -> Path:
+    """``$GROUNDED_CACHE/PARTS`` (not created)."""
+    return (
+        Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "grounded").expanduser().joinpath(*parts)
+    )
+
+
+def writable_folder(folder: Path) -> Path:
+    """Create ``folder`` (a cache folder) and check a file can be written there; else one line naming it and
+    :data:`CACHE_ENV`."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise ModelSourceError(
+            f"cannot write to the grounded cache {str(folder)!r} ({exc.strerror or type(exc).__name__}); "
+            f"set {CACHE_ENV} to a writable folder"
+        ) from None
+    return folder
 
 
 def looks_like_path(source: str) -> bool:
@@ -88,8 +117,31 @@ def resolve_pretrained(source: str | Path, what: str) -> tuple[str, bool]:
     return text, False
 
 
+def loader_error(exc: Exception, what: str, name: str) -> ModelSourceError:
+    """One line for a loader's failure on ``name``: a corrupt or pickled weights file is named as such."""
+    import pickle
+
+    from safetensors import SafetensorError
+
+    text = str(exc).strip()
+    if isinstance(exc, pickle.UnpicklingError):
+        reason = (
+            "its pickled weights file (.bin) holds objects other than tensors; refused, as loading them could "
+            "run code (convert a trusted copy to model.safetensors)"
+        )
+    elif isinstance(exc, SafetensorError):
+        reason = f"corrupt or truncated safetensors file ({' '.join(text.split())})"
+    else:
+        reason = text.splitlines()[0] if text else type(exc).__name__
+    return ModelSourceError(f"could not load {what} from {name!r}: {reason}")
+
+
 def call_loader(loader: Callable[..., T], name: str, local_only: bool, what: str) -> T:
     """``loader(name, local_files_only=...)`` with errors turned into :class:`ModelSourceError`."""
+    import pickle
+
+    from safetensors import SafetensorError
+
     try:
         try:
             return loader(name, local_files_only=local_only)
@@ -100,9 +152,8 @@ def call_loader(loader: Callable[..., T], name: str, local_only: bool, what: str
             return loader(name, local_files_only=False)
     except ModelSourceError:
         raise
-    except (OSError, ValueError, KeyError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelSourceError(f"could not load {what} from {name!r}: {reason}") from exc
+    except (OSError, ValueError, KeyError, EOFError, pickle.UnpicklingError, SafetensorError) as exc:
+        raise loader_error(exc, what, name) from exc
 
 
 def load_pretrained(loader: Callable[..., T], source: str | Path, what: str) -> T:

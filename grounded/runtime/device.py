@@ -22,6 +22,7 @@ __all__ = [
     "cpu_has_native_bf16",
     "pick_device",
     "resolve_precision",
+    "usable_devices",
 ]
 
 Precision = Literal["fp32", "bf16", "fp16"]
@@ -65,17 +66,44 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return "fp32"
 
 
+def usable_devices() -> list[str]:
+    """The devices this PyTorch build can run on this machine: ``cpu``, then ``cuda:N``, ``mps``, ``xpu:N``."""
+    found = ["cpu"]
+    if torch.cuda.is_available():
+        found += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    if torch.backends.mps.is_available():
+        found.append("mps")
+    xpu = getattr(torch, "xpu", None)
+    if xpu is not None and xpu.is_available():
+        found += [f"xpu:{i}" for i in range(xpu.device_count())]
+    return found
+
+
+def _is_usable(device: torch.device, usable: list[str]) -> bool:
+    if device.index is None:
+        return any(name.partition(":")[0] == device.type for name in usable)
+    single = device.type in ("cpu", "mps") and device.index == 0  # cpu:0 and mps:0 are the one device
+    return f"{device.type}:{device.index}" in usable or (single and device.type in usable)
+
+
 def pick_device(device: str | torch.device = "auto", precision: str = "fp32") -> torch.device:
-    """``"auto"`` → the first CUDA device if there is one, else the CPU; checks the device exists here."""
+    """``"auto"`` → the first CUDA device if there is one, else the CPU; any other device must be one of
+    :func:`usable_devices` (else :class:`DeviceError`, one line listing them)."""
     if str(device) == "auto":
         chosen = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     else:
+        usable = usable_devices()
         try:
             chosen = torch.device(device)
-        except RuntimeError as exc:
-            raise DeviceError(f"invalid device {device!r}: {exc}") from None
-    if chosen.type == "cuda" and not torch.cuda.is_available():
-        raise DeviceError(f"device {device!r} requested but CUDA is not available here; use --device cpu")
+        except (RuntimeError, TypeError, ValueError):
+            raise DeviceError(
+                f"invalid device {device!r}; this machine has: auto, {', '.join(usable)}"
+            ) from None
+        if not _is_usable(chosen, usable):
+            raise DeviceError(
+                f"device {device!r} is not available here (this PyTorch build and machine have: "
+                f"{', '.join(usable)}); use --device auto or one of those"
+            )
     if precision == "fp16" and chosen.type == "cpu":
         raise DeviceError("fp16 is for GPUs; use --precision bf16 (or fp32) on the CPU")
     return chosen

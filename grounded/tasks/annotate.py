@@ -12,7 +12,9 @@ engine; :mod:`grounded.tasks.annotate_ray` runs the same chunks on Ray Data acto
 from __future__ import annotations
 
 import json
+import logging
 import os
+import stat
 import sys
 from collections import deque
 from collections.abc import Mapping, Sequence
@@ -44,7 +46,7 @@ __all__ = [
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"})
 LIST_SUFFIXES = frozenset({".parquet", ".jsonl"})
-_NOT_FINGERPRINTED = ("batch_size", "device")  # may change between a run and its resume
+_log = logging.getLogger(__name__)
 # One image's outcome: its key, its result (or the one-line error) and the line to print for an error.
 Outcome = tuple[str, dict[str, Any] | str, str | None]
 
@@ -62,17 +64,9 @@ def collect_images(inputs: Sequence[Path], exclude: Path | None = None) -> dict[
 
     for item in inputs:
         if item.is_dir():
-            for path in item.rglob("*"):
-                rel = path.relative_to(item)
-                if (
-                    any(part.startswith(".") for part in rel.parts)
-                    or path.suffix.lower() not in IMAGE_SUFFIXES
-                ):
-                    continue
-                if skip is not None and path.resolve().is_relative_to(skip):
-                    continue
-                if path.is_file():
-                    add(rel.as_posix(), path)
+            for path in _folder_images(item):
+                if skip is None or not Path(os.path.realpath(path)).is_relative_to(skip):
+                    add(path.relative_to(item).as_posix(), path)
         elif item.suffix.lower() in LIST_SUFFIXES and item.is_file():
             for key, path in read_image_list(item):
                 add(key, path)
@@ -81,6 +75,30 @@ def collect_images(inputs: Sequence[Path], exclude: Path | None = None) -> dict[
         else:
             raise UserError(f"{item}: no such folder, image file or .parquet/.jsonl list")
     return dict(sorted(found.items()))
+
+
+def _folder_images(folder: Path) -> list[Path]:
+    """The image files under ``folder``, hidden names skipped; symlinked folders are not followed (so a link
+    loop cannot recurse), and a broken or looping link or a non-regular file (FIFO, device) is skipped with a
+    warning naming it."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            path = Path(dirpath) / name
+            if name.startswith(".") or path.suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            try:
+                mode = os.stat(path).st_mode
+            except OSError as exc:
+                reason = exc.strerror or type(exc).__name__
+                _log.warning("%s: skipped (%s)", path, reason)
+                continue
+            if not stat.S_ISREG(mode):
+                _log.warning("%s: skipped (not a regular file)", path)
+                continue
+            found.append(path)
+    return found
 
 
 def _list_entry(base: Path, path: str, key: str | None) -> tuple[str, Path]:
@@ -176,16 +194,17 @@ def build_annotator(
 
 def run_settings(pipeline: Any, ontology: Any) -> dict[str, Any]:
     """What decides the results (stored in the manifest; a resume must match it)."""
-    spec = pipeline.to_dict()
-    for node in spec["nodes"].values():
-        for key in _NOT_FINGERPRINTED:
-            node["params"].pop(key, None)
-    return {"pipeline": spec, "ontology": None if ontology is None else ontology.to_spec()}
+    from grounded.tasks.outputs import pipeline_settings
+
+    return {
+        "pipeline": pipeline_settings(pipeline),
+        "ontology": None if ontology is None else ontology.to_spec(),
+    }
 
 
 # ---------------------------------------------------------------------- one chunk
 def _result(key: str, image: Any, det: Any, caption: str | None, tags: Any) -> dict[str, Any]:
-    if det.masks is None:
+    if not det.has_masks:
         raise UserError("the pipeline gives no masks; annotate needs a segmenter")
     annotations = []
     for rec in det.to_coco_records():

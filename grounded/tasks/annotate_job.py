@@ -42,36 +42,38 @@ def annotate(
     """Annotate ``files`` (key -> image, e.g. from :func:`~grounded.tasks.annotate.collect_images`) into the
     dataset folder ``out``, resuming from ``OUT/manifest.sqlite``; ``pipeline`` and ``ontology`` as
     :func:`~grounded.tasks.annotate.build_annotator` makes them."""
+    from grounded.core.files import OutputFolder
     from grounded.tasks.annotate import annotate_local, export_datasets, run_settings
     from grounded.tasks.manifest import Manifest, ManifestError
 
     if engine not in ENGINES:
         raise UserError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
-    try:
-        manifest = Manifest(out, run_settings(pipeline, ontology))
-    except ManifestError as exc:
-        raise UserError(str(exc)) from None
-    with manifest:
-        resumed = sum(1 for s in manifest.status().values() if s == "done")
-        if engine == "ray":
-            from grounded.tasks.annotate_ray import annotate_ray
+    with OutputFolder(out):  # refused before any model is loaded unless it is a writable folder
+        try:
+            manifest = Manifest(out, run_settings(pipeline, ontology))
+        except ManifestError as exc:
+            raise UserError(str(exc)) from None
+        with manifest:
+            resumed = sum(1 for s in manifest.status().values() if s == "done")
+            if engine == "ray":
+                from grounded.tasks.annotate_ray import annotate_ray
 
-            committed = annotate_ray(
-                pipeline,
-                ontology,
-                manifest,
-                files,
-                batch_size=batch_size,
-                quiet=quiet,
-                address=ray_address,
-                actors=ray_actors,
-                device=device,
+                committed = annotate_ray(
+                    pipeline,
+                    ontology,
+                    manifest,
+                    files,
+                    batch_size=batch_size,
+                    quiet=quiet,
+                    address=ray_address,
+                    actors=ray_actors,
+                    device=device,
+                )
+            else:
+                committed = annotate_local(
+                    pipeline, ontology, manifest, files, batch_size=batch_size, workers=workers, quiet=quiet
+                )
+            report = export_datasets(
+                out, manifest, files, ontology, formats, polygons=polygons, val_fraction=val_fraction
             )
-        else:
-            committed = annotate_local(
-                pipeline, ontology, manifest, files, batch_size=batch_size, workers=workers, quiet=quiet
-            )
-        report = export_datasets(
-            out, manifest, files, ontology, formats, polygons=polygons, val_fraction=val_fraction
-        )
-    return AnnotateRun(committed, resumed, report)
+        return AnnotateRun(committed, resumed, report)

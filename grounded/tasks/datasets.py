@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from grounded.core.files import atomic_write_bytes, atomic_write_text, compact_json
+from grounded.core.files import atomic_write_bytes, atomic_write_text, compact_json, temp_path
 from grounded.core.rle import decode_rle
 
 __all__ = [
@@ -237,14 +237,16 @@ def _place_image(source: Path, target: Path) -> None:
     if target.exists() and target.stat().st_size == source.stat().st_size:
         return
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name("." + target.name + ".tmp")
-    if tmp.exists():
-        tmp.unlink()
+    tmp = temp_path(target.parent)  # a short name, whatever the target's
     try:
-        os.link(source, tmp)
-    except OSError:
-        shutil.copyfile(source, tmp)
-    os.replace(tmp, target)
+        try:
+            os.link(source, tmp)
+        except OSError:
+            shutil.copyfile(source, tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def write_yolo(
@@ -260,7 +262,7 @@ def write_yolo(
     One line per instance: ``class x1 y1 x2 y2 ...`` normalised to ``[0, 1]``; an instance of several
     contours is joined into one polygon (:func:`yolo_polygon`). Class ids are 0-based.
     """
-    import yaml
+    from grounded.core.safe_yaml import dump_yaml
 
     out_dir = Path(out_dir)
     cls_ids = {name: i for i, name in enumerate(categories)}
@@ -291,17 +293,17 @@ def write_yolo(
         "names": {i: name for i, name in enumerate(categories)},
     }
     (out_dir / "images" / "train").mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out_dir / "data.yaml", yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
+    atomic_write_text(out_dir / "data.yaml", dump_yaml(data, allow_unicode=True))
     return [out_dir / "data.yaml", *written]
 
 
 def validate_yolo(out_dir: Path, records: Sequence[Record], categories: Sequence[str]) -> dict[str, Any]:
     """Read ``data.yaml`` and every label file back, re-rasterise each polygon (even-odd) and compare it with
     the original mask; an instance whose mask had no contour must be absent."""
-    import yaml
+    from grounded.core.safe_yaml import read_yaml
 
     out_dir = Path(out_dir)
-    data = yaml.safe_load((out_dir / "data.yaml").read_text())
+    data = read_yaml(out_dir / "data.yaml")
     if [data["names"][i] for i in range(data["nc"])] != list(categories):
         raise ValueError(f"{out_dir / 'data.yaml'}: names differ from the categories")
     ious: list[float] = []

@@ -3,6 +3,7 @@ writing the edited image (and optionally a side-by-side comparison and the mask 
 
 from __future__ import annotations
 
+import contextlib
 import io
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -90,7 +91,6 @@ def encode_image(array: np.ndarray, path: Path) -> bytes:
 def _write(path: Path, array: np.ndarray) -> None:
     from grounded.core.files import atomic_write_bytes
 
-    path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, encode_image(array, path))
 
 
@@ -98,7 +98,6 @@ def _write_unchanged(source: Path, pixels: np.ndarray, out: Path) -> None:
     """The input as ``out``: its bytes when the format is the same, else its decoded pixels re-encoded."""
     from grounded.core.files import atomic_write_bytes
 
-    out.parent.mkdir(parents=True, exist_ok=True)
     if FORMATS.get(source.suffix.lower()) == FORMATS[out.suffix.lower()]:
         atomic_write_bytes(out, source.read_bytes())
     else:
@@ -132,6 +131,7 @@ def edit_image(
     pipeline: str | Path = "grounded_sam_edit",
     overrides: Mapping[str, Mapping[str, Any]] | None = None,
     shared: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
 ) -> EditResult:
     """Select ``select`` (classes separated by ``" . "``) in ``image`` and edit it in ``mode`` with ``text``
     (``None`` for ``remove``), writing ``out`` (and ``compare``, ``mask_out``).
@@ -140,16 +140,42 @@ def edit_image(
     inpainter's ``mode`` is set from ``mode``. When nothing is selected, ``out`` is the input unchanged (the
     file copied byte for byte when the format is the same). Raises
     :class:`~grounded.core.images.ImageLoadError` when the image cannot be read.
+
+    Before any model is loaded, the outputs' folders are prepared (created, probed, cleaned:
+    :class:`~grounded.core.files.OutputFolder`) and an existing output file is refused unless ``overwrite``.
     """
-    from grounded.adapters.inpaint import resolve_pipeline_source
-    from grounded.core.images import load_image
+    from grounded.core.files import OutputFolder
     from grounded.core.prompts import Prompt
-    from grounded.tasks.segment import build_pipeline
+    from grounded.tasks.outputs import check_results
 
     if text is not None and not text.strip():
         raise EditError(f"--{mode} needs a non-empty text")
     prompt = Prompt.of(select)
-    check_outputs(image, [p for p in (out, compare, mask_out) if p is not None])
+    outputs = [p for p in (out, compare, mask_out) if p is not None]
+    check_outputs(image, outputs)
+    with contextlib.ExitStack() as folders:
+        for folder in dict.fromkeys(p.parent for p in outputs):
+            folders.enter_context(OutputFolder(folder, "output folder"))
+        check_results(outputs, None, overwrite=overwrite)
+        return _edit(image, prompt, out, mode, text, compare, mask_out, pipeline, overrides, shared)
+
+
+def _edit(
+    image: Path,
+    prompt: Any,
+    out: Path,
+    mode: str,
+    text: str | None,
+    compare: Path | None,
+    mask_out: Path | None,
+    pipeline: str | Path,
+    overrides: Mapping[str, Mapping[str, Any]] | None,
+    shared: Mapping[str, Any] | None,
+) -> EditResult:
+    from grounded.adapters.inpaint import resolve_pipeline_source
+    from grounded.core.images import load_image
+    from grounded.tasks.segment import build_pipeline
+
     nodes: dict[str, dict[str, Any]] = {"inpainter": {"mode": mode}}
     for node, params in (overrides or {}).items():
         nodes.setdefault(node, {}).update(params)

@@ -1,29 +1,42 @@
 """Writing results: per-image JSON, overlay PNG and 16-bit label PNG, or one COCO file for a whole run.
 
 Every file is written atomically (temporary file in the same directory, ``fsync``, ``os.replace``), so an
-interrupted run never leaves a half-written result behind.
+interrupted run never leaves a half-written result behind. Writers read masks one at a time (dense or RLE,
+see :mod:`grounded.core.detections`); the overlay of a very large image is drawn at most
+:data:`OVERLAY_PIXELS` in size (and :data:`~grounded.core.detections.DENSE_MASK_BYTES` of masks) and scaled
+up to the image's size, so memory stays bounded.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from grounded.core import detections as _detections
 from grounded.core.detections import Detections
 from grounded.core.files import atomic_write_bytes, atomic_write_text, compact_json, encode_png
 from grounded.core.images import LoadedImage
+from grounded.tasks.outputs import MARKER
 
 __all__ = [
+    "OVERLAY_PIXELS",
     "CocoWriter",
     "image_json",
     "label_image",
     "overlay_image",
+    "overlay_scale",
     "write_image_results",
 ]
+
+
+#: the largest overlay drawn at full size; a larger image's overlay is drawn smaller and scaled up
+OVERLAY_PIXELS = 4096 * 4096
 
 
 def label_image(det: Detections) -> np.ndarray:
@@ -31,16 +44,15 @@ def label_image(det: Detections) -> np.ndarray:
 
     Where masks overlap the higher-scoring detection wins (ties go to the earlier detection).
     """
-    if det.masks is None:
+    if not det.has_masks:
         raise ValueError("label_image needs masks, but these detections have none")
     n = len(det)
     if n > 65535:
         raise ValueError(f"a uint16 label image holds at most 65535 instances, got {n}")
-    masks = det.masks.detach().cpu().numpy()
     scores = det.scores.detach().float().cpu().numpy()
     labels = np.zeros(det.image_size, dtype=np.uint16)
     for i in np.lexsort((-np.arange(n), scores)):  # ascending score; among ties the earliest is painted last
-        labels[masks[i]] = i + 1
+        labels[det.mask_array(int(i))] = i + 1
     return labels
 
 
@@ -49,6 +61,14 @@ def overlay_image(image: LoadedImage, det: Detections) -> np.ndarray:
     _check_size(image, det)
     if len(det) == 0:
         return image.pixels.copy()
+    scale = overlay_scale(image.size, len(det) if det.has_masks else 0)
+    if scale < 1.0:
+        return _overlay_reduced(image, det, scale)
+    return _draw(image, det)
+
+
+def _draw(image: LoadedImage, det: Detections) -> np.ndarray:
+    """The overlay drawn by ``supervision`` at the image's size."""
     with warnings.catch_warnings():  # supervision warns at import that it falls back to NumPy without OpenCV
         warnings.filterwarnings("ignore", message=".*OpenCV.*not installed", category=UserWarning)
         import supervision as sv
@@ -61,7 +81,7 @@ def overlay_image(image: LoadedImage, det: Detections) -> np.ndarray:
     lookup = sv.ColorLookup.CLASS
     # supervision draws colors in OpenCV's BGR order, so annotate a BGR copy and flip back.
     scene = np.ascontiguousarray(image.pixels[..., ::-1])
-    if det.masks is not None:
+    if det.has_masks:
         scene = sv.MaskAnnotator(color_lookup=lookup).annotate(scene, sv_det)
     scene = sv.BoxAnnotator(thickness=thickness, color_lookup=lookup).annotate(scene, sv_det)
     scene = sv.LabelAnnotator(
@@ -71,6 +91,47 @@ def overlay_image(image: LoadedImage, det: Detections) -> np.ndarray:
         text_padding=thickness * 3,
     ).annotate(scene, sv_det, labels=labels)
     return np.ascontiguousarray(scene[..., ::-1])
+
+
+def overlay_scale(image_size: tuple[int, int], masks: int) -> float:
+    """The scale the overlay is drawn at: 1, or less so that the drawing holds at most :data:`OVERLAY_PIXELS`
+    pixels and ``masks`` masks at most ``DENSE_MASK_BYTES``."""
+    pixels = image_size[0] * image_size[1]
+    scale = min(1.0, math.sqrt(OVERLAY_PIXELS / pixels))
+    if masks:
+        scale = min(scale, math.sqrt(_detections.DENSE_MASK_BYTES / (masks * pixels)))
+    return scale
+
+
+def _overlay_reduced(image: LoadedImage, det: Detections, scale: float) -> np.ndarray:
+    """:func:`overlay_image` drawn on the image scaled by ``scale`` (masks reduced one at a time), then
+    scaled back up to the image's size."""
+    import torch
+    from PIL import Image
+
+    height, width = image.size
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    small = np.asarray(Image.fromarray(image.pixels).resize(size, Image.Resampling.BILINEAR))
+    factors = torch.tensor([size[0] / width, size[1] / height] * 2)
+    masks = None
+    if det.has_masks:
+        masks = torch.zeros((len(det), size[1], size[0]), dtype=torch.bool)
+        for i in range(len(det)):
+            full = Image.fromarray(det.mask_array(i).view(np.uint8))
+            masks[i] = torch.from_numpy(np.asarray(full.resize(size, Image.Resampling.NEAREST)) > 0)
+            del full
+    reduced = Detections(
+        boxes=det.boxes.detach().float().cpu() * factors,
+        scores=det.scores.detach().cpu(),
+        class_ids=det.class_ids.detach().cpu(),
+        classes=det.classes,
+        phrases=det.phrases,
+        image_size=(size[1], size[0]),
+        masks=masks,
+        mask_scores=None if det.mask_scores is None else det.mask_scores.detach().cpu(),
+    )
+    drawn = _draw(LoadedImage(np.ascontiguousarray(small), image.name), reduced)
+    return np.asarray(Image.fromarray(drawn).resize((width, height), Image.Resampling.BILINEAR))
 
 
 def _check_size(image: LoadedImage, det: Detections) -> None:
@@ -94,23 +155,30 @@ def image_json(image: LoadedImage, det: Detections) -> dict[str, Any]:
     }
 
 
-def write_image_results(out_dir: Path, name: str, image: LoadedImage, det: Detections) -> list[Path]:
+def write_image_results(
+    out_dir: Path, name: str, image: LoadedImage, det: Detections, marker: Mapping[str, Any] | None = None
+) -> list[Path]:
     """Write ``NAME.png`` (overlay), ``NAME_labels.png`` (uint16, when there are masks), then ``NAME.json``.
 
-    Creates ``out_dir`` if needed and returns the paths written.
+    Creates ``out_dir`` if needed and returns the paths written. ``marker``: the run's settings, recorded in
+    each file (:mod:`grounded.tasks.outputs`).
     """
     if not name or name in (".", "..") or "/" in name or os.sep in name or (os.altsep and os.altsep in name):
         raise ValueError(f"invalid output name {name!r}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    text = None if marker is None else {MARKER: compact_json(marker)}
     written = [out_dir / f"{name}.png"]
-    atomic_write_bytes(written[0], encode_png(overlay_image(image, det)))
-    if det.masks is not None:
+    atomic_write_bytes(written[0], encode_png(overlay_image(image, det), text))
+    if det.has_masks:
         written.append(out_dir / f"{name}_labels.png")
-        atomic_write_bytes(written[-1], encode_png(label_image(det)))
+        atomic_write_bytes(written[-1], encode_png(label_image(det), text))
     # the JSON goes last: its presence marks the image as complete (``grounded segment --skip-existing``)
     written.append(out_dir / f"{name}.json")
-    atomic_write_text(written[-1], compact_json(image_json(image, det)))
+    doc = image_json(image, det)
+    if marker is not None:
+        doc[MARKER] = dict(marker)
+    atomic_write_text(written[-1], compact_json(doc))
     return written
 
 
@@ -165,8 +233,12 @@ class CocoWriter:
             "categories": [{"id": cid, "name": name} for name, cid in self._categories.items()],
         }
 
-    def write(self, path: Path) -> None:
-        """Write the COCO JSON atomically (creating the parent directory if needed)."""
+    def write(self, path: Path, marker: Mapping[str, Any] | None = None) -> None:
+        """Write the COCO JSON atomically (creating the parent directory if needed); ``marker`` as for
+        :func:`write_image_results`."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(path, compact_json(self.to_dict()))
+        doc = self.to_dict()
+        if marker is not None:
+            doc[MARKER] = dict(marker)
+        atomic_write_text(path, compact_json(doc))

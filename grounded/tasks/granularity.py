@@ -3,8 +3,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -83,6 +84,40 @@ def make_segmenter(
     )
 
 
+@contextlib.contextmanager
+def _results(
+    out: Path, name: str, settings: dict[str, Any], overwrite: bool
+) -> Iterator[Callable[[np.ndarray, dict[str, Any]], None]]:
+    """Prepare ``out`` (:class:`~grounded.core.files.OutputFolder`), check ``NAME.png`` / ``NAME.json`` may be
+    written (:func:`~grounded.tasks.outputs.check_results`), and give the function that writes them, each
+    recording ``settings``."""
+    from grounded.core.files import (
+        OutputFolder,
+        atomic_write_bytes,
+        atomic_write_text,
+        compact_json,
+        encode_png,
+    )
+    from grounded.tasks.outputs import MARKER, check_results, normalized
+
+    settings = normalized(settings)
+    with OutputFolder(out) as folder:
+        drawing_path, doc_path = folder.path / f"{name}.png", folder.path / f"{name}.json"
+        check_results([drawing_path, doc_path], settings, overwrite=overwrite)
+
+        def write(drawing: np.ndarray, doc: dict[str, Any]) -> None:
+            atomic_write_bytes(drawing_path, encode_png(drawing, {MARKER: compact_json(settings)}))
+            atomic_write_text(doc_path, json.dumps({**doc, MARKER: settings}))
+
+        yield write
+
+
+def _name(image: Path, suffix: str) -> str:
+    from grounded.tasks.outputs import fit_name
+
+    return fit_name(image.stem, len(suffix) + len(".json")) + suffix
+
+
 def level_files(
     image: Path,
     out: Path,
@@ -94,53 +129,58 @@ def level_files(
     model: str | None = None,
     image_size: int = 640,
     device: str = "auto",
+    overwrite: bool = False,
 ) -> list[Any]:
     """Decode the ``levels`` (``all``, ``part``, ``whole`` or level numbers) of each click ``(x, y)`` or each box
     ``(x0, y0, x1, y1)`` (pixels; clicks or boxes, not both) and write ``OUT/NAME_levels.png`` and
-    ``NAME_levels.json``; returns each prompt's levels."""
+    ``NAME_levels.json``; returns each prompt's levels. Existing files there that are not results of the same
+    settings are refused before any model is loaded, unless ``overwrite``."""
     import torch
 
-    from grounded.core.files import atomic_write_bytes, atomic_write_text, encode_png
     from grounded.core.images import load_image
     from grounded.core.rle import encode_masks
 
     if bool(points) == bool(boxes):
         raise UserError("give one or more --point or one or more --box (not both)")
     prompts = [list(p) for p in (points or boxes)]
+    kind = "point" if points else "box"
+    settings: dict[str, Any] = {"job": "granularity", "image": image.name, kind: prompts, "levels": levels}
+    settings.update(adapter=adapter, model=model, image_size=image_size)
     loaded = load_image(image)
     height, width = loaded.size
-    for x, y, *_ in prompts:
+    for x, y in (xy for p in prompts for xy in zip(p[::2], p[1::2], strict=True)):  # a click, a box's corners
         if not (0 <= x <= width and 0 <= y <= height):
             raise UserError(f"prompt {x:g},{y:g} lies outside the {width}x{height} image")
-    segmenter = make_segmenter(adapter, model, image_size=image_size, device=device)
-    results = segmenter.predict_levels(
-        loaded,
-        points=torch.tensor(prompts) if points else None,
-        boxes=torch.tensor(prompts) if boxes else None,
-        levels=levels,
-    )
-    out.mkdir(parents=True, exist_ok=True)
-    name = image.stem
-    atomic_write_bytes(out / f"{name}_levels.png", encode_png(draw_levels(loaded.pixels, results, prompts)))
-    doc = {
-        "image": {"file_name": image.name, "height": height, "width": width},
-        "prompts": [
-            {
-                "point" if points else "box": prompt,
-                "levels": [
-                    {"level": lv, "area": area, "score": round(float(score), 6), "segmentation": rle}
-                    | _labels_of(r, k)
-                    for k, (lv, area, score, rle) in enumerate(
-                        zip(r.levels, r.areas, r.scores.tolist(), encode_masks(r.masks), strict=True)
-                    )
-                ],
-                "containment": [round(c, 6) for c in r.containment],
-                "nesting_violations": list(r.violations),
-            }
-            for prompt, r in zip(prompts, results, strict=True)
-        ],
-    }
-    atomic_write_text(out / f"{name}_levels.json", json.dumps(doc))
+    with _results(out, _name(image, "_levels"), settings, overwrite) as write:
+        segmenter = make_segmenter(adapter, model, image_size=image_size, device=device)
+        try:
+            results = segmenter.predict_levels(
+                loaded,
+                points=torch.tensor(prompts) if points else None,
+                boxes=torch.tensor(prompts) if boxes else None,
+                levels=levels,
+            )
+        except ValueError as exc:  # level numbers this prompt does not have
+            raise UserError(str(exc)) from None
+        doc = {
+            "image": {"file_name": image.name, "height": height, "width": width},
+            "prompts": [
+                {
+                    kind: prompt,
+                    "levels": [
+                        {"level": lv, "area": area, "score": round(float(score), 6), "segmentation": rle}
+                        | _labels_of(r, k)
+                        for k, (lv, area, score, rle) in enumerate(
+                            zip(r.levels, r.areas, r.scores.tolist(), encode_masks(r.masks), strict=True)
+                        )
+                    ],
+                    "containment": [round(c, 6) for c in r.containment],
+                    "nesting_violations": list(r.violations),
+                }
+                for prompt, r in zip(prompts, results, strict=True)
+            ],
+        }
+        write(draw_levels(loaded.pixels, results, prompts), doc)
     return list(results)
 
 
@@ -155,44 +195,48 @@ def everything_files(
     model: str | None = None,
     image_size: int = 640,
     device: str = "auto",
+    overwrite: bool = False,
 ) -> Detections:
     """Segment the whole image at ``level`` from a grid of clicks and write ``OUT/NAME_levelL.png`` (one random
-    colour per mask) and ``NAME_levelL.json``; returns the masks."""
+    colour per mask) and ``NAME_levelL.json``; returns the masks. Existing files are handled as by
+    :func:`level_files`."""
     import numpy as np
 
-    from grounded.core.files import atomic_write_bytes, atomic_write_text, encode_png
     from grounded.core.images import load_image
     from grounded.tasks.everything import segment_everything
 
-    loaded = load_image(image)
-    try:
-        det = segment_everything(
-            make_segmenter(adapter, model, image_size=image_size, device=device),
-            loaded,
-            level,
-            points_per_side=points_per_side,
-            pred_iou_thresh=pred_iou_thresh,
-        )
-    except ValueError as exc:
-        raise UserError(str(exc)) from None
-    height, width = loaded.size
-    canvas = loaded.pixels.astype(np.float32).copy()
-    rng = np.random.default_rng(0)
-    masks = det.masks.cpu().numpy() if det.masks is not None else np.zeros((0, height, width), bool)
-    for k in np.argsort(
-        -masks.reshape(len(masks), -1).sum(1), kind="stable"
-    ):  # largest first, smaller on top
-        canvas[masks[k]] = 0.45 * canvas[masks[k]] + 0.55 * rng.integers(0, 256, 3)
-    out.mkdir(parents=True, exist_ok=True)
-    name = image.stem
-    atomic_write_bytes(
-        out / f"{name}_level{level}.png", encode_png(canvas.round().clip(0, 255).astype(np.uint8))
-    )
-    doc = {
-        "image": {"file_name": image.name, "height": height, "width": width},
+    settings: dict[str, Any] = {
+        "job": "everything",
+        "image": image.name,
         "level": level,
         "points_per_side": points_per_side,
-        "detections": det.to_coco_records(),
     }
-    atomic_write_text(out / f"{name}_level{level}.json", json.dumps(doc))
+    settings.update(pred_iou_thresh=pred_iou_thresh, adapter=adapter, model=model, image_size=image_size)
+    loaded = load_image(image)
+    with _results(out, _name(image, f"_level{level}"), settings, overwrite) as write:
+        try:
+            det = segment_everything(
+                make_segmenter(adapter, model, image_size=image_size, device=device),
+                loaded,
+                level,
+                points_per_side=points_per_side,
+                pred_iou_thresh=pred_iou_thresh,
+            )
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+        height, width = loaded.size
+        canvas = loaded.pixels.astype(np.float32).copy()
+        rng = np.random.default_rng(0)
+        masks = det.masks.cpu().numpy() if det.masks is not None else np.zeros((0, height, width), bool)
+        for k in np.argsort(
+            -masks.reshape(len(masks), -1).sum(1), kind="stable"
+        ):  # largest first, small on top
+            canvas[masks[k]] = 0.45 * canvas[masks[k]] + 0.55 * rng.integers(0, 256, 3)
+        doc = {
+            "image": {"file_name": image.name, "height": height, "width": width},
+            "level": level,
+            "points_per_side": points_per_side,
+            "detections": det.to_coco_records(),
+        }
+        write(canvas.round().clip(0, 255).astype(np.uint8), doc)
     return det
