@@ -13,7 +13,7 @@ from torchvision.ops import batched_nms
 
 from grounded.adapters.common import PromptedDetector
 from grounded.core.boxes import clip_xyxy, cxcywh_to_xyxy, normalized_to_pixels
-from grounded.core.checks import at_least, in_unit_interval, one_of, optional_in_unit_interval
+from grounded.core.checks import at_least, batches, in_unit_interval, one_of, optional_in_unit_interval
 from grounded.core.detections import Detections
 from grounded.core.images import LoadedImage
 from grounded.core.phrases import Reduction, class_scores, matched_phrase, positive_map
@@ -280,10 +280,12 @@ class GroundingDINO(PromptedDetector):
             groups = list(buckets.values())
         processor = self._processor.image_processor
         for members in groups:
-            for start in range(0, len(members), self.batch_size):
-                idxs = members[start : start + self.batch_size]
+            for idxs in batches(members, self.batch_size):
                 pixels = [images[i].pixels for i in idxs]
-                yield idxs, dict(processor(pixels, return_tensors="pt", input_data_format="channels_last"))
+                yield (
+                    list(idxs),
+                    dict(processor(pixels, return_tensors="pt", input_data_format="channels_last")),
+                )
 
 
 @register_adapter("mm_grounding_dino")

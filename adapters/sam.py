@@ -339,8 +339,7 @@ class SAM(ModelAdapter):
             empty = torch.zeros((0, height, width), dtype=torch.bool, device=det.device)
             out.append(det if len(det) else det.with_masks(empty, torch.zeros((0,), device=det.device)))
         todo = [i for i, det in enumerate(detections) if len(det)]
-        for start in range(0, len(todo), self.batch_size):  # encode a batch, decode it, drop its embeddings
-            idxs = todo[start : start + self.batch_size]
+        for idxs in batches(todo, self.batch_size):  # encode a batch, decode it, drop its embeddings
             for i, embedding in zip(idxs, self.encode([images[i] for i in idxs]), strict=True):
                 out[i] = self._attach(detections[i], embedding)
         return out

@@ -9,7 +9,7 @@ detector's phrase.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -126,17 +126,7 @@ class Ontology:
                 f"detections of {exc.args[0]!r}, which is no prompt of the ontology"
             ) from None
         class_ids = torch.as_tensor(mapping, dtype=torch.int64, device=det.class_ids.device)[det.class_ids]
-        return Detections(
-            boxes=det.boxes,
-            scores=det.scores,
-            class_ids=class_ids.reshape(-1),
-            classes=self.names,
-            phrases=det.phrases,
-            image_size=det.image_size,
-            masks=det.masks,
-            mask_scores=det.mask_scores,
-            mask_rles=det.mask_rles,
-        )
+        return replace(det, class_ids=class_ids.reshape(-1), classes=self.names)
 
     def to_spec(self) -> str:
         """The text form that parses back to this ontology."""

@@ -22,6 +22,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from grounded.core.checks import batches
 from grounded.core.errors import UserError
 
 if TYPE_CHECKING:
@@ -284,7 +285,7 @@ def pending_chunks(files: dict[str, Path], status: dict[str, str], size: int) ->
     interrupted before, and whichever engine runs it.
     """
     items = list(files.items())
-    chunks = [items[i : i + size] for i in range(0, len(items), size)]
+    chunks = [list(c) for c in batches(items, size)]
     return [c for c in chunks if any(status.get(k) != "done" for k, _ in c)]
 
 

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from grounded.core.checks import batches
 from grounded.core.errors import UserError
 from grounded.core.prompts import Prompt
 from grounded.tasks.outputs import check_results, fit_name, normalized, pipeline_settings
@@ -161,9 +162,9 @@ def _run(
 
     if todo:
         pipeline.warm_up()
-    for start in range(0, len(todo), batch_size):
+    for chunk in batches(todo, batch_size):
         batch: list[tuple[Path, str, LoadedImage]] = []
-        for path, name in todo[start : start + batch_size]:
+        for path, name in chunk:
             try:
                 batch.append((path, name, load_image(path)))
             except ImageLoadError as exc:
