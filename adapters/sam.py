@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 import torch
 
 from grounded.adapters.common import ModelAdapter
-from grounded.core.checks import batches, one_of
+from grounded.core.checks import batches, finite, one_of
 from grounded.core.detections import Detections, fits_dense
 from grounded.core.images import LoadedImage
 from grounded.core.levels import Levels, LevelSelection, order_levels, select_levels
@@ -97,6 +97,7 @@ class SAM(ModelAdapter):
         if batch_size < 1 or max_boxes_per_call < 1 or cache_size < 0:
             raise ValueError("batch_size and max_boxes_per_call must be at least 1, cache_size at least 0")
         one_of("granularity", granularity, ("best", "part", "whole"))
+        finite(mask_threshold=mask_threshold)
         super().__init__()
         self._cache: LruCache[str, ImageEmbedding] = LruCache(cache_size)
 

@@ -26,6 +26,13 @@ def tiny_sam(models_dir) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_sd(models_dir) -> Path:
+    from grounded.models.testing import make_sd_inpainting
+
+    return make_sd_inpainting(models_dir / "sd-inpainting", seed=0)
+
+
+@pytest.fixture(scope="session")
 def tiny_sam_hq(models_dir) -> Path:
     return make_sam(models_dir / "sam-hq", size="tiny", hq=True, seed=0)
 

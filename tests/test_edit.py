@@ -32,11 +32,6 @@ def _one_thread():
 
 
 @pytest.fixture(scope="session")
-def tiny_sd(models_dir):
-    return make_sd_inpainting(models_dir / "sd-inpainting", seed=0)
-
-
-@pytest.fixture(scope="session")
 def tiny_sd_plain_unet(models_dir):
     return make_sd_inpainting(models_dir / "sd-4-channel", seed=0, in_channels=4)
 

@@ -362,6 +362,13 @@ def test_range_checks_refuse_nan_and_non_numbers(tiny_gdino, tiny_sam, image, tm
         OWLv2(nms_threshold=math.nan)
     with pytest.raises(ValueError, match="box_threshold"):
         SAM3(box_threshold=math.nan)
+    from grounded.adapters.sam import SAM
+
+    with pytest.raises(ValueError, match="mask_threshold must be a number, got nan"):
+        SAM(mask_threshold=math.nan)
+    with pytest.raises(ValueError, match="mask_threshold must be finite, got -inf"):
+        SAM(mask_threshold=-math.inf)
+    assert SAM(mask_threshold=-2.5).mask_threshold == -2.5  # any finite logit is a threshold
     out = tmp_path / "out"
     run = [
         "run",
@@ -375,7 +382,7 @@ def test_range_checks_refuse_nan_and_non_numbers(tiny_gdino, tiny_sam, image, tm
         "--set",
         f"detector.model={tiny_gdino}",
     ]
-    for setting in ("detector.top_k=.nan", "detector.box_threshold=high"):
+    for setting in ("detector.top_k=.nan", "detector.box_threshold=high", "segmenter.mask_threshold=.nan"):
         assert "must be a number" in _refused(capsys, [*run, "--set", setting], out=out)
 
 

@@ -56,6 +56,26 @@ def test_fill_holes_and_union():
     assert union(np.zeros((0, 5, 6), bool)).shape == (5, 6)
 
 
+@pytest.mark.parametrize("strip_pixels", [1, 37, 400, 10**9])
+def test_strips_give_the_whole_mask_distances(monkeypatch, strip_pixels):
+    """Dilate, erode and feather in strips of rows (down to one row) equal the whole-mask transforms."""
+    import grounded.core.maskops as maskops
+
+    rng = np.random.default_rng(0)
+    mask = ndimage.binary_opening(rng.random((53, 71)) > 0.6)  # ragged blobs, some touching the border
+    mask[:, :4] = True
+    mask[10:14, 30:34] = False  # a hole
+    monkeypatch.setattr(maskops, "STRIP_PIXELS", strip_pixels)
+    outside, inside = ndimage.distance_transform_edt(~mask), ndimage.distance_transform_edt(mask)
+    for r in (1, 2.5, 6):
+        assert np.array_equal(dilate(mask, r), outside <= r)
+        assert np.array_equal(erode(mask, r), inside > r)
+        t = np.clip(1.0 - outside / (r + 1.0), 0.0, 1.0)
+        expected = np.where(mask, 1.0, np.where(outside > r, 0.0, t * t * (3.0 - 2.0 * t)))
+        np.testing.assert_allclose(feather(mask, r), expected, atol=1e-6, rtol=0)
+    assert not erode(np.zeros((5, 5), bool), 2).any() and dilate(np.ones((5, 5), bool), 2).all()
+
+
 def test_feather_is_one_inside_zero_beyond_its_width_and_smooth_between():
     mask = _disk((60, 60), (30, 30), 10)
     alpha = feather(mask, 6)
@@ -71,20 +91,17 @@ def test_feather_is_one_inside_zero_beyond_its_width_and_smooth_between():
 
 
 def test_pick_instances_by_index_score_and_size():
-    masks = np.zeros((3, 10, 10), bool)
-    masks[0, :2, :2] = True  # 4 px
-    masks[1, :5, :5] = True  # 25 px
-    masks[2, :3, :3] = True  # 9 px
+    areas = np.array([4, 25, 9])  # foreground pixels of each mask
     scores = np.array([0.9, 0.5, 0.7])
-    assert pick_instances(masks, scores, "all")[0] == [0, 1, 2]
-    assert pick_instances(masks, scores, "largest")[0] == [1]
-    assert pick_instances(masks, scores, "best")[0] == [0]
-    assert pick_instances(masks, scores, "all", indices=[2, 0])[0] == [0, 2]
-    assert pick_instances(masks, scores, "largest", min_score=0.6)[0] == [2]
-    chosen, reason = pick_instances(masks, scores, indices=[5])
+    assert pick_instances(areas, scores, "all")[0] == [0, 1, 2]
+    assert pick_instances(areas, scores, "largest")[0] == [1]
+    assert pick_instances(areas, scores, "best")[0] == [0]
+    assert pick_instances(areas, scores, "all", indices=[2, 0])[0] == [0, 2]
+    assert pick_instances(areas, scores, "largest", min_score=0.6)[0] == [2]
+    chosen, reason = pick_instances(areas, scores, indices=[5])
     assert chosen == [] and "index 5 is out of range (3 detections)" in reason
-    assert pick_instances(masks, scores, min_score=0.95) == ([], "no detection scores at least 0.95")
-    assert pick_instances(masks[:0], scores[:0]) == ([], "no detections")
+    assert pick_instances(areas, scores, min_score=0.95) == ([], "no detection scores at least 0.95")
+    assert pick_instances(areas[:0], scores[:0]) == ([], "no detections")
 
 
 def test_edit_mask_matches_whole_image_operations():

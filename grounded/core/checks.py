@@ -7,7 +7,7 @@ import numbers
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 
-__all__ = ["at_least", "batches", "in_unit_interval", "one_of", "optional_in_unit_interval"]
+__all__ = ["at_least", "batches", "finite", "in_unit_interval", "one_of", "optional_in_unit_interval"]
 
 T = TypeVar("T")
 
@@ -17,6 +17,14 @@ def _numbers(values: dict[str, Any]) -> None:
     for name, value in values.items():
         if isinstance(value, bool) or not isinstance(value, numbers.Real) or math.isnan(value):
             raise ValueError(f"{name} must be a number, got {value!r}")
+
+
+def finite(**values: float) -> None:
+    """Each named value must be a finite number (a logit threshold, say: any real value but NaN and inf)."""
+    _numbers(values)
+    for name, value in values.items():
+        if math.isinf(value):
+            raise ValueError(f"{name} must be finite, got {value!r}")
 
 
 def at_least(minimum: float, **values: float) -> None:

@@ -2,7 +2,8 @@
 
 All functions are pure and work on numpy arrays: ``(H, W)`` bool masks in, bool masks (or a float ``alpha``) out.
 Distances are Euclidean (``scipy.ndimage.distance_transform_edt``), so dilating by ``r`` pixels grows a mask by
-a disk of radius ``r``, whatever the image size. :func:`edit_mask` chains them in a fixed order and returns an
+a disk of radius ``r``, whatever the image size; they are computed in strips of rows (each with a halo of the
+radius), which gives the same values as on the whole mask with memory bounded by :data:`STRIP_PIXELS`. :func:`edit_mask` chains them in a fixed order and returns an
 :class:`EditMask`, the value the ``mask_ops`` adapter hands to an inpainter.
 
 The image border is not treated as background: an object cut off by the frame is not eroded from the frame
@@ -32,6 +33,9 @@ __all__ = [
     "pick_instances",
     "union",
 ]
+
+#: pixels of one strip of the distance transforms (about 20 bytes a pixel of scratch memory)
+STRIP_PIXELS = 4_000_000
 
 Pick = Literal["all", "largest", "best"]
 PICKS: tuple[str, ...] = ("all", "largest", "best")
@@ -122,13 +126,35 @@ def fill_holes(mask: np.ndarray) -> np.ndarray:
     return np.asarray(ndimage.binary_fill_holes(_check(mask)))
 
 
+def _distance_to(targets: np.ndarray, limit: float) -> np.ndarray:
+    """float32 Euclidean distance of every pixel to the nearest ``True`` pixel of ``targets`` (0 on them), exact
+    up to ``limit``; a larger value only means "farther than ``limit``" (``inf`` where no target is near).
+
+    Computed in strips of rows with a halo of ``limit`` rows: a target within ``limit`` of a pixel lies in its
+    strip, so every distance up to ``limit`` is the whole-mask one.
+    """
+    height, width = targets.shape
+    halo = int(np.ceil(limit)) + 1
+    rows = max(1, STRIP_PIXELS // max(width, 1))
+    out = np.empty((height, width), dtype=np.float32)
+    for y0 in range(0, height, rows):
+        y1 = min(height, y0 + rows)
+        a, b = max(0, y0 - halo), min(height, y1 + halo)
+        strip = targets[a:b]
+        if strip.any():
+            out[y0:y1] = ndimage.distance_transform_edt(~strip)[y0 - a : y1 - a]
+        else:
+            out[y0:y1] = np.inf
+    return out
+
+
 def dilate(mask: np.ndarray, pixels: float) -> np.ndarray:
     """Grow a mask by a disk of radius ``pixels`` (every pixel within that distance of the mask)."""
     mask = _check(mask)
     radius = _check_pixels(pixels, "dilate")
     if radius == 0 or not mask.any():
         return mask.copy()
-    return np.asarray(ndimage.distance_transform_edt(~mask) <= radius)
+    return np.asarray(_distance_to(mask, radius) <= radius)
 
 
 def erode(mask: np.ndarray, pixels: float) -> np.ndarray:
@@ -137,7 +163,7 @@ def erode(mask: np.ndarray, pixels: float) -> np.ndarray:
     radius = _check_pixels(pixels, "erode")
     if radius == 0 or mask.all() or not mask.any():
         return mask.copy()
-    return np.asarray(ndimage.distance_transform_edt(mask) > radius)
+    return np.asarray(_distance_to(~mask, radius) > radius)
 
 
 def feather(mask: np.ndarray, pixels: float) -> np.ndarray:
@@ -150,11 +176,18 @@ def feather(mask: np.ndarray, pixels: float) -> np.ndarray:
     width = _check_pixels(pixels, "feather")
     if width == 0 or not mask.any():
         return mask.astype(np.float32)
-    distance = ndimage.distance_transform_edt(~mask)
-    t = np.clip(1.0 - distance / (width + 1.0), 0.0, 1.0)
-    alpha = (t * t * (3.0 - 2.0 * t)).astype(np.float32)
+    distance = _distance_to(mask, width)
+    outside = distance > width
+    # smoothstep of t = clip(1 - d / (width + 1)), computed in place in float32 (a few bytes a pixel)
+    t = np.subtract(1.0, distance / np.float32(width + 1.0), dtype=np.float32)
+    del distance
+    np.clip(t, 0.0, 1.0, out=t)
+    alpha = np.multiply(t, -2.0, dtype=np.float32)
+    alpha += 3.0
+    alpha *= t
+    alpha *= t
     alpha[mask] = 1.0
-    alpha[distance > width] = 0.0  # exact zero outside the band, whatever the rounding
+    alpha[outside] = 0.0  # exact zero outside the band, whatever the rounding
     return alpha
 
 
@@ -168,13 +201,14 @@ def bounding_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
 
 
 def pick_instances(
-    masks: np.ndarray,
+    areas: Sequence[int] | np.ndarray,
     scores: np.ndarray,
     pick: Pick = "all",
     indices: Sequence[int] | None = None,
     min_score: float = 0.0,
 ) -> tuple[list[int], str]:
-    """Choose instances: ``(chosen indices, reason if none)``.
+    """Choose instances by their mask ``areas`` (foreground pixels) and ``scores``: ``(chosen indices, reason
+    if none)``.
 
     Applied in order: ``indices`` (positions in the detections as given; out-of-range positions select
     nothing), ``min_score``, instances with an empty mask dropped, then ``pick``: ``"all"`` keeps every
@@ -194,7 +228,6 @@ def pick_instances(
     chosen = [i for i in chosen if float(scores[i]) >= min_score]
     if not chosen:
         return [], f"no detection scores at least {min_score:g}"
-    areas = masks.reshape(masks.shape[0], -1).sum(axis=1)
     chosen = [i for i in chosen if areas[i] > 0]
     if not chosen:
         return [], "the selected masks are empty"
@@ -219,19 +252,21 @@ def edit_mask(
     """The edit region of one image: pick instances, take their union, fill holes, erode, dilate, feather.
 
     The morphology runs inside the instances' bounding box grown by the dilation and feather widths (plus a
-    margin), which gives the same result as on the whole image at a fraction of the cost.
+    margin), which gives the same result as on the whole image at a fraction of the cost. Masks are read one
+    at a time (dense or RLE), so memory holds the union, never every instance at full resolution.
     """
     if len(detections) == 0:
         return EditMask.nothing(detections.image_size, "no detections")
     if not detections.has_masks:
         raise ValueError("mask operations need masks: put a segmenter (sam, sam_hq) before mask_ops")
     size = detections.image_size
-    masks = detections.dense_masks().detach().cpu().numpy().astype(bool, copy=False)
     scores = detections.scores.detach().float().cpu().numpy()
-    chosen, reason = pick_instances(masks, scores, pick, indices, min_score)
+    chosen, reason = pick_instances(detections.mask_areas(), scores, pick, indices, min_score)
     if not chosen:
         return EditMask.nothing(size, reason)
-    region = union(masks[chosen], size)
+    region = np.zeros(size, dtype=bool)
+    for i in chosen:
+        region |= detections.mask_array(i)
     box = bounding_box(region)
     assert box is not None  # pick_instances drops empty masks
     margin = int(np.ceil(dilate_pixels + feather_pixels)) + 2
