@@ -345,6 +345,7 @@ function wire() {
   $("dl-overlay").onclick = guard(() => download("overlay"));
   $("replace-btn").onclick = guard(() => edit("replace"));
   $("remove-btn").onclick = guard(() => edit("remove"));
+  $("token-box").onsubmit = (e) => e.preventDefault();
   $("token").value = state.token;
   $("token").onchange = () => { state.token = $("token").value.trim(); localStorage.setItem("grounded-token", state.token); };
 
