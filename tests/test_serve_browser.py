@@ -64,13 +64,18 @@ def browser():
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """``grounded serve`` as a user starts it from a clean checkout without real models (--random-weights)."""
+def server(tmp_path_factory, models_dir):
+    """``grounded serve`` as a user starts it from a clean checkout without real models (--random-weights),
+    with a tiny inpainter for the edit."""
+    from grounded.models.testing import make_sd_inpainting
+
+    sd = make_sd_inpainting(models_dir / "browser-sd", seed=0)
     cache = tmp_path_factory.mktemp("serve-cache")
     port = _free_port()
     env = {**os.environ, "GROUNDED_CACHE": str(cache), "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     log = (cache / "server.log").open("w")
     command = [sys.executable, "-m", "grounded", "serve", "--random-weights", "--device", "cpu"]
+    command += ["--inpainter", str(sd), "--edit-steps", "2"]
     proc = subprocess.Popen([*command, "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -134,7 +139,7 @@ def test_the_page_segments_refines_and_downloads(browser, server, image_files, t
     page.goto(server + "/")
     page.wait_for_selector("body[data-ready='1']")
     assert "RANDOM-weight" in page.text_content("#note") and page.is_visible("#note")
-    assert not page.is_visible("#edit-group")  # no inpainter configured
+    assert page.is_visible("#edit-group")  # an inpainter is configured
 
     # upload, then a prompt: the masks appear on the canvas where the RLE says
     page.set_input_files("#file", str(image_files["coffee"]))
@@ -241,6 +246,18 @@ def test_the_page_segments_refines_and_downloads(browser, server, image_files, t
         page.click("#dl-overlay")
     info.value.save_as(tmp_path / "overlay.png")
     assert Image.open(tmp_path / "overlay.png").size == (600, 400)
+
+    # edit: replace what the selected detection covers; the edited image appears below, the image's size
+    page.locator(".det-item").nth(1).click(position={"x": 3, "y": 3})
+    assert page.evaluate("window.groundedState.selected") == 1
+    page.fill("#edit-text", "a red apple")
+    page.click("#replace-btn")
+    page.wait_for_selector("#edited:not([hidden])")
+    page.wait_for_function("document.getElementById('edited').naturalWidth > 0")
+    assert page.evaluate(
+        "[document.getElementById('edited').naturalWidth, document.getElementById('edited').naturalHeight]"
+    ) == [600, 400]
+    assert "edited (replace)" in page.text_content("#status")
 
     shot = tmp_path / "serve_page.jpg"
     page.screenshot(path=str(shot), type="jpeg", quality=80)

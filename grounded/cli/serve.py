@@ -32,6 +32,7 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--detector", help="detector hub id or local folder")
     p.add_argument("--segmenter", help="SAM-family hub id or local folder")
     p.add_argument("--inpainter", help="diffusers inpainting model: enables /v1/edit and the page's edit")
+    p.add_argument("--edit-steps", type=int, help="inpainting denoising steps (default 30)")
     p.add_argument("--box-threshold", type=float, help="default minimum class score of a box (0.35)")
     p.add_argument("--text-threshold", type=float, help="default token score of the phrase (0.25)")
     p.add_argument("--top-k", type=int, help="default most detections per image (100)")
@@ -103,6 +104,7 @@ def handler(args: argparse.Namespace) -> int:
             pipeline=args.pipeline,
             shared=shared_params(args),
             inpainter=args.inpainter,
+            inpainter_params={} if args.edit_steps is None else {"steps": args.edit_steps},
             token=token,
             max_upload_bytes=int(args.max_upload_mb * MIB),
             max_pixels=args.max_pixels,
