@@ -316,6 +316,17 @@ def test_uploads_over_the_size_or_pixel_limit_are_413(models, coffee_png):
     client = TestClient(create_app(service))
     big = client.post("/v1/images", files={"image": ("big.jpg", coffee_png + b"\0" * 60_000, "image/jpeg")})
     assert big.status_code == 413 and "larger than" in big.json()["error"]
+
+    def streamed():  # no Content-Length: refused as the bytes arrive
+        yield b'--x\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n\r\n'
+        for _ in range(2000):
+            yield b"0" * 1000
+        yield b"\r\n--x--\r\n"
+
+    chunked = client.post(
+        "/v1/images", content=streamed(), headers={"content-type": "multipart/form-data; boundary=x"}
+    )
+    assert chunked.status_code == 413 and "larger than" in chunked.json()["error"]
     # a decompression bomb: a tiny PNG file whose header says 3000 x 3000 pixels, refused before decoding
     bomb = _png(np.zeros((3000, 3000, 3), np.uint8))
     assert len(bomb) < 50_000

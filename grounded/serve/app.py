@@ -357,17 +357,34 @@ class _BodyLimit:
             await _send_error(send, 413, f"the request is larger than {self.limit:,} bytes")
             return
         seen = 0
+        refused = False  # the body passed the limit: the answer is 413, whatever the app makes of it
+        answered = False
 
         async def limited() -> Any:
-            nonlocal seen
+            nonlocal seen, refused
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.limit:
-                    raise ServeError(413, f"the request is larger than {self.limit:,} bytes")
+                    refused = True
+                    raise ServeError(413, "request too large")
             return message
 
-        await self.app(scope, limited, send)
+        async def guarded(message: Any) -> None:
+            nonlocal answered
+            if not refused:
+                await send(message)
+            elif message["type"] == "http.response.start" and not answered:
+                answered = True
+                await _send_error(send, 413, f"the request is larger than {self.limit:,} bytes")
+
+        try:
+            await self.app(scope, limited, guarded)
+        except Exception:
+            if not refused:
+                raise
+        if refused and not answered:
+            await _send_error(send, 413, f"the request is larger than {self.limit:,} bytes")
 
 
 async def _send_error(send: Any, status: int, message: str) -> None:

@@ -125,6 +125,8 @@ async function detect() {
   setStatus(`${doc.detections.length} detection(s) for "${prompt}"`);
 }
 
+const fmt = (v) => (Math.abs(v) < 0.005 ? 0 : v).toFixed(2);
+
 function selectedDet() { return state.dets[state.selected] || null; }
 
 function xyxy(b) { return [b[0], b[1], b[0] + b[2], b[1] + b[3]]; }
@@ -202,7 +204,7 @@ function render() {
       const [x, y, bw, bh] = d.bbox;
       ctx.strokeStyle = `rgb(${d.color})`; ctx.lineWidth = i === state.selected ? 2 * line : line;
       ctx.strokeRect(x, y, bw, bh);
-      const label = `${d.category} ${d.score.toFixed(2)}`;
+      const label = `${d.category} ${fmt(d.score)}`;
       const tw = ctx.measureText(label).width + 8, th = parseInt(ctx.font, 10) + 6;
       ctx.fillStyle = `rgb(${d.color})`; ctx.fillRect(x, Math.max(0, y - th), tw, th);
       ctx.fillStyle = "#fff"; ctx.fillText(label, x + 4, Math.max(th - 5, y - 5));
@@ -239,7 +241,7 @@ function renderList() {
     name.className = "det-name"; name.value = d.category; name.title = "rename the class";
     name.onchange = () => { d.category = name.value.trim() || d.category; render(); };
     const score = document.createElement("span");
-    score.className = "det-score"; score.textContent = d.score.toFixed(2);
+    score.className = "det-score"; score.textContent = fmt(d.score);
     const del = document.createElement("button");
     del.className = "det-delete"; del.textContent = "×"; del.title = "delete (Delete)";
     del.onclick = (e) => { e.stopPropagation(); removeDet(i); };
