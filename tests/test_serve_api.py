@@ -466,3 +466,28 @@ def test_serve_command_refuses_bad_options_in_one_line(capsys):
     assert capsys.readouterr().err.strip() == "grounded: error: --port must lie in 1..65535"
     assert main(["serve", "--port", "8000", "--queue", "-1", "--random-weights"]) == 2
     assert "queue_size" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("family", ["sam", "sam_hq", "sam2"])
+def test_decode_prompt_agrees_with_predict_levels_for_every_family(
+    family, tiny_sam, tiny_sam_hq, tiny_sam2, astronaut
+):
+    from grounded.adapters import SAM, SAM2, SAMHQ
+    from grounded.core.images import load_image
+
+    cls, path = {"sam": (SAM, tiny_sam), "sam_hq": (SAMHQ, tiny_sam_hq), "sam2": (SAM2, tiny_sam2)}[family]
+    segmenter = cls(model=str(path), device="cpu")
+    image = load_image(astronaut)
+    (embedding,) = segmenter.encode([image])
+    masks, iou, low_res = segmenter.decode_prompt(embedding, points=torch.tensor([[200.0, 150.0]]))
+    (levels,) = segmenter.predict_levels(image, points=torch.tensor([[200.0, 150.0]]))
+    assert masks.shape == (3, 512, 512) and iou.shape == (3,) and low_res.shape[0] == 3
+    assert {m.numpy().tobytes() for m in levels.masks} <= {m.numpy().tobytes() for m in masks}
+    refined, _, _ = segmenter.decode_prompt(
+        embedding,
+        points=torch.tensor([[200.0, 150.0], [400.0, 400.0]]),
+        labels=torch.tensor([1, 0]),
+        box=torch.tensor([100.0, 50.0, 350.0, 300.0]),
+        mask_input=low_res[int(iou.argmax())],
+    )
+    assert refined.shape == masks.shape and not torch.equal(refined, masks)
