@@ -15,6 +15,7 @@ multi-page file only the first frame is read, with a warning naming the file and
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import os
 import stat
@@ -38,6 +39,7 @@ __all__ = [
     "ImageSource",
     "LoadedImage",
     "load_image",
+    "load_image_bytes",
     "load_images",
     "max_pixels",
     "unique_names",
@@ -132,6 +134,20 @@ def load_image(source: ImageSource, name: str | None = None) -> LoadedImage:
     raise TypeError(f"cannot load an image from {type(source).__name__}")
 
 
+def load_image_bytes(data: bytes, name: str = "image", limit: int | None = None) -> LoadedImage:
+    """Decode an encoded image held in memory (an upload) with the same checks as a file: pixel count (at most
+    ``limit``, default :func:`max_pixels`) and aspect ratio from the header, before any pixel is decoded.
+    Raises :class:`ImageLoadError`."""
+    where = Path(name)
+    limit = max_pixels() if limit is None else min(limit, max_pixels())
+
+    def decode() -> np.ndarray:
+        with _open_limited(io.BytesIO(data), where, limit) as image:
+            return _decode_pil(image, where, owned=True)
+
+    return LoadedImage(pixels=_guarded(decode, where), name=where.stem or "image")
+
+
 def load_images(sources: Iterable[ImageSource]) -> Iterator[LoadedImage | ImageLoadError]:
     """Load each source in order, yielding the :class:`ImageLoadError` of a bad file instead of raising."""
     for source in sources:
@@ -205,9 +221,10 @@ def _file_kind(mode: int) -> str:
     return "not a plain file"
 
 
-def _open_limited(stream: Any, path: Path) -> Image.Image:
-    """Open (header only) and check size, aspect ratio and frames before anything is decoded."""
-    limit = max_pixels()
+def _open_limited(stream: Any, path: Path, limit: int | None = None) -> Image.Image:
+    """Open (header only) and check size (at most ``limit`` pixels, default :func:`max_pixels`), aspect ratio
+    and frames before anything is decoded."""
+    limit = max_pixels() if limit is None else limit
     if Image.MAX_IMAGE_PIXELS is not None and limit >= 2 * Image.MAX_IMAGE_PIXELS:
         Image.MAX_IMAGE_PIXELS = limit // 2 + 1  # our limit replaces Pillow's (which refuses at twice it)
     with warnings.catch_warnings():  # Pillow warns from half its limit on; ours is checked just below
