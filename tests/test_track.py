@@ -470,3 +470,27 @@ def test_cli_default_pipeline_with_tiny_local_models(tiny_gdino, tiny_sam2, tiny
     ids = {d["track_id"] for r in records for d in r["detections"]}
     assert ids == {t["track_id"] for t in summary["tracks"]} and ids  # random weights: some tracks, ids 1..n
     assert ids == set(range(1, len(ids) + 1))
+
+
+def test_a_text_driven_tracker_needs_no_detector_and_its_ids_are_kept(scene_video, tmp_path):
+    scene, path = scene_video
+    SCENES["text"] = scene
+    yaml = tmp_path / "text.yaml"
+    yaml.write_text("name: text\nnodes:\n  tracker: {type: oracle_text_tracker, params: {scene: text}}\n")
+    tracking = build_tracking(str(yaml))
+    assert tracking.detector is None
+    book = TrackBook()
+    frames = list(track(path, PROMPT, tracking, book=book))
+    assert {k: ids for k, ids in _ids_per_object(scene, frames).items()} == {k: {k + 1} for k in range(4)}
+    assert [t["first_frame"] for t in book.summary(scene.classes)] == [0, 0, 12, 31]
+
+
+def test_a_pipeline_without_tracker_or_detector_is_refused_in_one_line(tmp_path, capsys):
+    no_tracker = tmp_path / "a.yaml"
+    no_tracker.write_text("name: a\nnodes:\n  detector: {type: oracle_detector}\n")
+    no_detector = tmp_path / "b.yaml"
+    no_detector.write_text("name: b\nnodes:\n  tracker: {type: oracle_tracker}\n")
+    for yaml, message in ((no_tracker, "no 'tracker' node"), (no_detector, "needs detector nodes")):
+        code = main(["track", "x.mp4", "-p", "car", "--pipeline", str(yaml), "--out", str(tmp_path / "o")])
+        err = capsys.readouterr().err
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1

@@ -191,3 +191,42 @@ class OracleTracker(VideoTracker):
 
     def state_size(self) -> int:
         return len(self.bound)
+
+
+@register_adapter("oracle_text_tracker")
+class OracleTextTracker(VideoTracker):
+    """A text-driven tracker: finds and numbers the true objects itself (id = object index + 1)."""
+
+    text_driven = True
+
+    def __init__(self, scene: str = "") -> None:
+        pass
+
+    def start(self, size: tuple[int, int], prompt: Prompt) -> None:
+        self.prompt = prompt
+
+    def detect(self, index: int, image: LoadedImage) -> Detections:
+        scene = SCENES[self.scene]
+        found = sorted(scene.masks(index).items())
+        n = len(found)
+        boxes = [
+            [
+                *np.nonzero(m)[1][[0]],
+                *np.nonzero(m)[0][[0]],
+                1 + np.nonzero(m)[1].max(),
+                1 + np.nonzero(m)[0].max(),
+            ]
+            for _, m in found
+        ]
+        return Detections(
+            boxes=torch.tensor(boxes, dtype=torch.float32).reshape(n, 4),
+            scores=torch.full((n,), 0.8),
+            class_ids=torch.tensor([scene.shapes[k].class_id for k, _ in found], dtype=torch.int64),
+            classes=self.prompt.classes,
+            phrases=tuple(self.prompt.classes[scene.shapes[k].class_id] for k, _ in found),
+            image_size=scene.size,
+            masks=torch.from_numpy(np.stack([m for _, m in found]))
+            if n
+            else torch.zeros((0, *scene.size), dtype=torch.bool),
+            track_ids=torch.tensor([k + 1 for k, _ in found], dtype=torch.int64),
+        )

@@ -14,7 +14,7 @@ stays flat on long videos.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -232,8 +232,4 @@ def _text_driven(
                 tid: area > 0 for tid, area in zip(det.track_ids.tolist(), det.mask_areas(), strict=True)
             }
         book.observe(index, present)
-        yield TrackFrame(
-            index=index,
-            image=image,
-            detections=replace(det, classes=prompt.classes) if not det.classes else det,
-        )
+        yield TrackFrame(index=index, image=image, detections=det)
