@@ -116,7 +116,7 @@ def run_video_benchmark(
     from grounded.tasks.track import build_tracking, track
 
     folders = _video_models(small)
-    overrides = {
+    overrides: dict[str, dict[str, Any]] = {
         "detector": {"model": str(folders["detector"]), "box_threshold": 0.0, "top_k": top_k},
         "segmenter": {"model": str(folders["segmenter"])},
         "tracker": {"model": str(folders["tracker"])},
@@ -139,7 +139,7 @@ def run_video_benchmark(
         timer.hook(module, name)
     for node in tracking.detector.graph.nodes:
         adapter = tracking.detector.adapter(node)
-        adapter.run = timer.wrap(f"key frames: {node}", adapter.run)  # type: ignore[method-assign]
+        adapter.run = timer.wrap(f"key frames: {node}", adapter.run)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     objects = []
