@@ -21,7 +21,7 @@ from grounded.core.version import __version__
 _moved.install()  # old module paths (grounded.images, grounded.ram, ...) import the moved modules
 
 if TYPE_CHECKING:
-    from grounded.api import build_pipeline, segment
+    from grounded.api import build_pipeline, segment, track
     from grounded.core.detections import Detections
     from grounded.core.images import ImageLoadError, LoadedImage, load_image
     from grounded.core.prompts import Prompt, PromptError
@@ -43,6 +43,7 @@ _EXPORTS: dict[str, str] = {
     "load_pipeline": "grounded.engine",
     "register_adapter": "grounded.engine",
     "segment": "grounded.api",
+    "track": "grounded.api",
 }
 
 __all__ = [
@@ -60,6 +61,7 @@ __all__ = [
     "load_pipeline",
     "register_adapter",
     "segment",
+    "track",
 ]
 
 

@@ -43,6 +43,7 @@ COMMAND_MODULES: list[str] = [
     "grounded.cli.granularity",
     "grounded.cli.annotate",
     "grounded.cli.serve",
+    "grounded.cli.track",
 ]
 
 #: An error reported as one line, without a traceback (exit code 2); the tasks raise it as ``UserError``.

@@ -37,11 +37,26 @@ def add_parser(subparsers: Any) -> None:
         metavar="N,N,...",
         help="measure images/s and peak memory at these batch sizes (empty: skip)",
     )
+    bench.add_argument(
+        "--video",
+        action="store_true",
+        help="benchmark grounded track instead: frames/s, peak memory, seconds per part (Grounding DINO + "
+        "SAM 2.1 on key frames, SAM 2.1 video between them) on a synthetic video",
+    )
+    bench.add_argument(
+        "--video-frames", type=int, default=30, help="--video: frames of the synthetic video (30)"
+    )
+    bench.add_argument("--device", default="auto", help="--video: auto (default), cpu, cuda, ...")
     bench.set_defaults(handler=handler)
 
 
 def handler(args: argparse.Namespace) -> int:
     """Run the benchmark (it prints its own report); returns the exit code."""
+    if args.video:
+        from grounded.tasks.bench_video import run_video_benchmark
+
+        run_video_benchmark(frames=args.video_frames, device=args.device, small=args.small)
+        return EXIT_OK
     from grounded.tasks.bench import run_benchmark
 
     run_benchmark(

@@ -51,6 +51,8 @@ class Detections:
         mask_scores: optional ``(N,)`` predicted mask quality (SAM's IoU prediction).
         mask_rles: the same masks as ``N`` COCO RLE dicts (``size`` ``[H, W]``, ``counts`` str), in place of
             ``masks`` (never both) where dense masks would not fit :data:`DENSE_MASK_BYTES`.
+        track_ids: optional ``(N,)`` int64 ids of the video tracks the detections belong to (``grounded
+            track``): stable across frames, never reused within a video.
     """
 
     boxes: torch.Tensor
@@ -62,6 +64,7 @@ class Detections:
     masks: torch.Tensor | None = None
     mask_scores: torch.Tensor | None = None
     mask_rles: tuple[dict[str, Any], ...] | None = None
+    track_ids: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         n = self.boxes.shape[0]
@@ -92,6 +95,12 @@ class Detections:
                 raise ValueError(f"mask_rles must be {n} RLEs of size {list(self.image_size)}")
         if self.mask_scores is not None and self.mask_scores.shape != (n,):
             raise ValueError(f"mask_scores must have shape ({n},), got {tuple(self.mask_scores.shape)}")
+        if self.track_ids is not None and (
+            self.track_ids.shape != (n,) or self.track_ids.dtype != torch.int64
+        ):
+            raise ValueError(
+                f"track_ids must be int64 of shape ({n},), got {self.track_ids.dtype} {tuple(self.track_ids.shape)}"
+            )
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -135,11 +144,22 @@ class Detections:
                 else None
             ),
             mask_rles=tuple(r for p in parts for r in p.rles()) if all(with_masks) and not dense else None,
+            track_ids=(
+                torch.cat([p.track_ids for p in parts])  # type: ignore[misc]
+                if all(p.track_ids is not None for p in parts)
+                else None
+            ),
         )
 
     def with_masks(self, masks: torch.Tensor, mask_scores: torch.Tensor | None = None) -> Detections:
         """A copy with masks (``(N, H, W)`` bool) and their predicted quality attached."""
         return replace(self, masks=masks, mask_scores=mask_scores, mask_rles=None)
+
+    def with_track_ids(self, track_ids: torch.Tensor | Sequence[int]) -> Detections:
+        """A copy with one video track id per detection."""
+        return replace(
+            self, track_ids=torch.as_tensor(track_ids, dtype=torch.int64, device=self.device).reshape(-1)
+        )
 
     def with_mask_rles(
         self, rles: Sequence[dict[str, Any]], mask_scores: torch.Tensor | None = None
@@ -215,6 +235,7 @@ class Detections:
             masks=None if self.masks is None else self.masks[idx],
             mask_scores=None if self.mask_scores is None else self.mask_scores[idx],
             mask_rles=None if self.mask_rles is None else tuple(self.mask_rles[i] for i in positions),
+            track_ids=None if self.track_ids is None else self.track_ids[idx],
         )
 
     def _normalize_index(self, index: Index) -> torch.Tensor:
@@ -251,6 +272,7 @@ class Detections:
             class_ids=self.class_ids.to(device),
             masks=None if self.masks is None else self.masks.to(device),
             mask_scores=None if self.mask_scores is None else self.mask_scores.to(device),
+            track_ids=None if self.track_ids is None else self.track_ids.to(device),
         )
 
     def sorted_by_score(self) -> Detections:
@@ -274,6 +296,7 @@ class Detections:
             mask=self.dense_masks().detach().cpu().numpy() if self.has_masks else None,
             confidence=self.scores.detach().float().cpu().numpy(),
             class_id=self.class_ids.detach().cpu().numpy(),
+            tracker_id=None if self.track_ids is None else self.track_ids.detach().cpu().numpy(),
             data=data,
         )
 
@@ -316,6 +339,7 @@ class Detections:
         phrases = detections.data.get("phrase") if detections.data else None
         confidence = detections.confidence if detections.confidence is not None else np.ones(n, np.float32)
         mask_score = detections.data.get("mask_score") if detections.data else None
+        tracker_id = getattr(detections, "tracker_id", None)
         return cls(
             boxes=torch.as_tensor(np.asarray(detections.xyxy, dtype=np.float32), device=device).reshape(
                 -1, 4
@@ -331,6 +355,9 @@ class Detections:
             mask_scores=None
             if mask_score is None
             else torch.as_tensor(np.asarray(mask_score, dtype=np.float32), device=device),
+            track_ids=None
+            if tracker_id is None
+            else torch.as_tensor(np.asarray(tracker_id, dtype=np.int64), device=device).reshape(-1),
         )
 
     def to_coco_records(self, image_id: int | str | None = None) -> list[dict[str, Any]]:
@@ -343,6 +370,7 @@ class Detections:
         mask_scores = (
             self.mask_scores.detach().float().cpu().tolist() if self.mask_scores is not None else None
         )
+        track_ids = self.track_ids.tolist() if self.track_ids is not None else None
         records = []
         for i, (box, score, cid) in enumerate(
             zip(xywh, self.scores.detach().float().cpu().tolist(), self.class_ids.tolist(), strict=True)
@@ -364,5 +392,7 @@ class Detections:
                 record["area"] = areas[i]
             if mask_scores is not None:
                 record["mask_score"] = round(mask_scores[i], 6)
+            if track_ids is not None:
+                record["track_id"] = int(track_ids[i])
             records.append(record)
         return records

@@ -38,6 +38,7 @@ BUILTIN_ADAPTERS: dict[str, str] = {
     "ram_plus": "grounded.adapters.ram",
     "sam": "grounded.adapters.sam",
     "sam2": "grounded.adapters.sam",
+    "sam2_video": "grounded.adapters.sam2_video",
     "sam3": "grounded.adapters.sam3",
     "sam_hq": "grounded.adapters.sam",
     "sd_inpaint": "grounded.adapters.inpaint",

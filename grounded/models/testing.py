@@ -320,6 +320,65 @@ def make_sam2(path: str | Path, size: str = "tiny", seed: int = 0) -> Path:
     return path
 
 
+# ---------------------------------------------------------------------------- SAM 2 video
+def sam2_video_config(size: str = "tiny") -> Any:
+    """``"tiny"`` (test) or ``"hiera-t"`` (SAM 2.1 Hiera-tiny) ``Sam2VideoConfig``.
+
+    The tiny one shares the image model's tiny vision encoder; its memory width is 64 (transformers fixes
+    the memory attention's key width at 64) and the decoder width 128 (object pointers are split into
+    ``hidden / 64`` memory tokens, which needs a wider decoder than memory).
+    """
+    from transformers import Sam2VideoConfig
+
+    if size == "hiera-t":
+        return Sam2VideoConfig()
+    if size != "tiny":
+        raise ValueError(f"unknown SAM 2 video size {size!r}; use 'tiny' or 'hiera-t'")
+    base = sam2_config("tiny")
+    base.vision_config.fpn_hidden_size = 128
+    base.prompt_encoder_config.hidden_size = 128
+    base.mask_decoder_config.hidden_size = 128
+    return Sam2VideoConfig(
+        vision_config=base.vision_config.to_dict(),
+        prompt_encoder_config=base.prompt_encoder_config.to_dict(),
+        mask_decoder_config=base.mask_decoder_config.to_dict(),
+        image_size=128,
+        num_maskmem=3,
+        max_object_pointers_in_encoder=4,
+        memory_attention_hidden_size=128,
+        memory_attention_num_layers=1,
+        memory_attention_feed_forward_hidden_size=128,
+        memory_attention_rope_feat_sizes=[8, 8],
+        memory_encoder_hidden_size=128,
+        memory_encoder_output_channels=64,
+        mask_downsampler_embed_dim=128,
+        memory_fuser_embed_dim=128,
+        memory_fuser_intermediate_dim=128,
+        memory_fuser_num_layers=1,
+    )
+
+
+def make_sam2_video(path: str | Path, size: str = "tiny", seed: int = 0) -> Path:
+    """Save a random-weight SAM 2 video predictor with its processor to ``path`` (``save_pretrained`` format)."""
+    from transformers import Sam2ImageProcessor, Sam2VideoModel, Sam2VideoProcessor
+    from transformers.models.sam2_video.video_processing_sam2_video import Sam2VideoVideoProcessor
+
+    torch.manual_seed(seed)
+    model = Sam2VideoModel(sam2_video_config(size)).eval()
+    side = 128 if size == "tiny" else 1024
+    processor = Sam2VideoProcessor(
+        image_processor=Sam2ImageProcessor(
+            size={"height": side, "width": side}, mask_size={"height": side // 4, "width": side // 4}
+        ),
+        video_processor=Sam2VideoVideoProcessor(size={"height": side, "width": side}),
+        target_size=side,
+    )
+    path = Path(path)
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return path
+
+
 # ---------------------------------------------------------------------------- CLIP tokenizer, OWLv2
 def clip_tokenizer(max_length: int = 16) -> Any:
     """A CLIP byte-level BPE tokenizer built offline: every byte is a token (with and without ``</w>``).

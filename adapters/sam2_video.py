@@ -1,0 +1,232 @@
+"""SAM 2 / SAM 2.1 video predictor on ``transformers`` (``Sam2VideoModel``): masks carried from frame to frame.
+
+Frames are streamed into one ``Sam2VideoInferenceSession`` (``Sam2VideoProcessor.init_video_session``);
+objects are added with a mask or a box on a frame and each later frame is segmented from the memory of
+earlier ones. The session would keep every frame and every frame's memory; here it is pruned after each
+frame to what the model can still read (the current frame's pixels, the last ``num_maskmem`` /
+``max_object_pointers_in_encoder`` frames' outputs and the ``max_cond_frames`` latest conditioning frames
+of each object), so memory stays flat on long videos.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from grounded.adapters.common import ModelAdapter
+from grounded.adapters.video import Masks, ObjectPrompt, VideoTracker
+from grounded.core.checks import at_least
+from grounded.core.images import LoadedImage
+from grounded.core.prompts import Prompt
+from grounded.engine import register_adapter
+from grounded.runtime.device import autocast
+
+__all__ = ["SAM2Video"]
+
+# the session's per-object dictionaries, keyed by the model-side object index
+_PER_OBJECT = ("point_inputs_per_obj", "mask_inputs_per_obj", "output_dict_per_obj", "frames_tracked_per_obj")
+
+
+@register_adapter("sam2_video")
+class SAM2Video(ModelAdapter, VideoTracker):
+    """Mask propagation with the SAM 2 video predictor (see the module docstring).
+
+    Args:
+        model: hub id or local folder of a SAM 2 / 2.1 model (``Sam2VideoModel`` weights and processor).
+        mask_threshold: logit threshold for binarising masks.
+        max_cond_frames: conditioning frames (where an object was given or corrected) kept per object.
+        device, precision: as for the other adapters.
+    """
+
+    model_types: ClassVar[tuple[str, ...]] = ("sam2_video", "sam2")
+    model_class: ClassVar[str] = "Sam2VideoModel"
+    what: ClassVar[str] = "video tracker"
+
+    def __init__(
+        self,
+        model: str = "facebook/sam2.1-hiera-tiny",
+        mask_threshold: float = 0.0,
+        max_cond_frames: int = 4,
+        device: str = "auto",
+        precision: str = "fp32",
+    ) -> None:
+        at_least(1, max_cond_frames=max_cond_frames)
+        super().__init__()
+        self._session: Any = None
+        self._size: tuple[int, int] = (0, 0)
+        self._last: Masks = {}  # the masks of the last step(), by object id
+
+    # ------------------------------------------------------------------ session
+    def _new_session(self) -> Any:
+        return self._processor.init_video_session(
+            inference_device=self.device,
+            inference_state_device=self.device,
+            video_storage_device="cpu",  # frames wait on the host; only the current one is kept
+            dtype=torch.float32,
+        )
+
+    def start(self, size: tuple[int, int], prompt: Prompt) -> None:
+        self.warm_up()
+        self._size = (int(size[0]), int(size[1]))
+        self._session = self._new_session()
+        self._session.video_height, self._session.video_width = self._size
+        self._last = {}
+
+    def _pixels(self, image: LoadedImage) -> torch.Tensor:
+        return self._processor(images=image.pixels, return_tensors="pt")["pixel_values"][0]
+
+    def _masks(self, output: Any) -> Masks:
+        if not output.object_ids:
+            return {}
+        logits = output.pred_masks.float()
+        masks = self._processor.post_process_masks(
+            [logits], original_sizes=[list(self._size)], mask_threshold=self.mask_threshold, binarize=True
+        )[0]
+        masks = masks.reshape(len(output.object_ids), *self._size).cpu().numpy()
+        return {int(oid): masks[i] for i, oid in enumerate(output.object_ids)}
+
+    @torch.inference_mode()
+    def step(self, index: int, image: LoadedImage) -> Masks:
+        session = self._session
+        pixels = self._pixels(image)
+        if session.get_obj_num() == 0:  # nothing to follow yet: keep the frame for add()
+            session.add_new_frame(pixels, frame_idx=index)
+            self._prune(index)
+            self._last = {}
+            return {}
+        with autocast(self.device, self.precision):
+            output = self._model(inference_session=session, frame=pixels, frame_idx=index)
+        self._prune(index)
+        self._last = self._masks(output)
+        return self._last
+
+    @torch.inference_mode()
+    def add(self, index: int, objects: Mapping[int, ObjectPrompt]) -> Masks:
+        session = self._session
+        masks = {k: np.asarray(v, dtype=bool) for k, v in objects.items() if np.asarray(v).ndim == 2}
+        boxes = {k: np.asarray(v, dtype=np.float32) for k, v in objects.items() if np.asarray(v).ndim == 1}
+        for oid in objects:  # a corrected object becomes a conditioning frame again
+            idx = session._obj_id_to_idx.get(int(oid))
+            if idx is not None:
+                session.frames_tracked_per_obj[idx].pop(index, None)
+                session.output_dict_per_obj[idx]["non_cond_frame_outputs"].pop(index, None)
+        if masks:
+            self._processor.add_inputs_to_inference_session(
+                session, frame_idx=index, obj_ids=[int(k) for k in masks], input_masks=list(masks.values())
+            )
+        if boxes:
+            self._processor.add_inputs_to_inference_session(
+                session,
+                frame_idx=index,
+                obj_ids=[int(k) for k in boxes],
+                input_boxes=[[b.tolist() for b in boxes.values()]],
+                original_size=self._size,
+            )
+        session.obj_with_new_inputs = [int(k) for k in objects]  # each call above replaced the list
+        # the forward pass below also re-runs the other objects on this frame (without streaming's memory
+        # settings); keep their outputs from step() instead, so adding an object never changes another
+        others = {
+            idx: session.output_dict_per_obj[idx]["non_cond_frame_outputs"].get(index)
+            for oid, idx in session._obj_id_to_idx.items()
+            if oid not in objects and oid in self._last
+        }
+        with autocast(self.device, self.precision):
+            output = self._model(inference_session=session, frame_idx=index)
+        for idx, saved in others.items():
+            if saved is not None:
+                session.output_dict_per_obj[idx]["non_cond_frame_outputs"][index] = saved
+        self._prune(index)
+        masks_now = self._masks(output)
+        masks_now.update({oid: m for oid, m in self._last.items() if oid not in objects and oid in masks_now})
+        self._last = masks_now
+        return masks_now
+
+    def drop(self, ids: Iterable[int]) -> None:
+        session = self._session
+        gone = {int(i) for i in ids} & set(session.obj_ids)
+        if not gone:
+            return
+        # the session has no "remove object": rebuild its id <-> index maps over the objects that stay
+        keep = [oid for oid in session.obj_ids if oid not in gone]
+        old_index = dict(session._obj_id_to_idx)
+        for name in _PER_OBJECT:
+            table = getattr(session, name)
+            setattr(session, name, {new: table[old_index[oid]] for new, oid in enumerate(keep)})
+        session._obj_id_to_idx = OrderedDict((oid, i) for i, oid in enumerate(keep))
+        session._obj_idx_to_id = OrderedDict((i, oid) for i, oid in enumerate(keep))
+        session.obj_ids = list(keep)
+        session.obj_with_new_inputs = [o for o in session.obj_with_new_inputs if o not in gone]
+        self._last = {k: v for k, v in self._last.items() if k not in gone}
+
+    def _prune(self, index: int) -> None:
+        """Forget what the model will not read again (see the module docstring)."""
+        session = self._session
+        config = self._model.config
+        window = max(int(config.num_maskmem), int(config.max_object_pointers_in_encoder)) + 1
+        for frame in [f for f in session.processed_frames or {} if f < index]:
+            del session.processed_frames[frame]
+        for idx in range(session.get_obj_num()):
+            outputs = session.output_dict_per_obj[idx]
+            for frame in [f for f in outputs["non_cond_frame_outputs"] if f < index - window]:
+                del outputs["non_cond_frame_outputs"][frame]
+            cond = outputs["cond_frame_outputs"]
+            for frame in sorted(cond)[: -self.max_cond_frames]:
+                del cond[frame]
+            tracked = session.frames_tracked_per_obj[idx]
+            for frame in [f for f in tracked if f < index - window]:
+                del tracked[frame]
+            for table in (session.point_inputs_per_obj[idx], session.mask_inputs_per_obj[idx]):
+                for frame in [f for f in table if f < index]:
+                    del table[frame]
+
+    def state_size(self) -> int:
+        session = self._session
+        if session is None:
+            return 0
+        total = len(session.processed_frames or {})
+        for idx in range(session.get_obj_num()):
+            outputs = session.output_dict_per_obj[idx]
+            total += len(outputs["non_cond_frame_outputs"]) + len(outputs["cond_frame_outputs"])
+            total += len(session.frames_tracked_per_obj[idx])
+        return total
+
+    @torch.inference_mode()
+    def backfill(
+        self, frames: Sequence[tuple[int, LoadedImage]], index: int, objects: Mapping[int, np.ndarray]
+    ) -> dict[int, Masks]:
+        """A reverse pass in a separate session over ``frames`` (earlier than ``index``), from the objects'
+        masks on frame ``index``; the main session is not touched."""
+        earlier = [(i, im) for i, im in frames if i < index]
+        if not earlier or not objects:
+            return {}
+        main = self._session
+        session = self._new_session()
+        session.video_height, session.video_width = self._size
+        local = {}  # local frame number -> video frame index; the key frame is the last local frame
+        for n, (i, image) in enumerate(earlier):
+            session.add_new_frame(self._pixels(image), frame_idx=n)
+            local[n] = i
+        last = len(earlier)
+        session.add_new_frame(main.processed_frames[index], frame_idx=last)
+        self._processor.add_inputs_to_inference_session(
+            session,
+            frame_idx=last,
+            obj_ids=[int(k) for k in objects],
+            input_masks=[np.asarray(m, dtype=bool) for m in objects.values()],
+        )
+        filled: dict[int, Masks] = {}
+        self._session = session  # _masks reads the size only; restore the main session below
+        try:
+            with autocast(self.device, self.precision):
+                for output in self._model.propagate_in_video_iterator(
+                    session, start_frame_idx=last, reverse=True
+                ):
+                    if output.frame_idx in local:
+                        filled[local[output.frame_idx]] = self._masks(output)
+        finally:
+            self._session = main
+        return filled

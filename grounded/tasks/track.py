@@ -1,0 +1,235 @@
+"""Text-prompted video segmentation and tracking (``grounded track`` / ``grounded.track``).
+
+The pipeline YAML names a ``tracker`` node (a :class:`~grounded.adapters.video.VideoTracker`) and, unless
+the tracker is text-driven, the detector nodes (``detector`` [+ ``segmenter``]) that run on key frames.
+Frames stream from the video one at a time. Every ``detect_every``-th frame is a key frame: the detector
+runs, its detections are matched to the tracks' propagated masks (mask IoU, optimal assignment:
+:class:`~grounded.core.tracks.TrackBook`), unmatched detections start new tracks (and, with
+``reverse``, are followed backwards over the frames since the previous key frame), matched ones correct
+their track's mask (``refresh``), and tracks missed at more than ``max_lost`` key frames in a row end.
+Frames are yielded one key-frame segment at a time (at most ``detect_every`` frames are held), so memory
+stays flat on long videos.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from grounded.adapters.video import Masks, VideoTracker
+from grounded.core.detections import Detections
+from grounded.core.errors import UserError
+from grounded.core.images import LoadedImage
+from grounded.core.prompts import Prompt
+from grounded.core.rle import encode_masks
+from grounded.core.tracks import TrackBook, box_iou_matrix, mask_iou_matrix
+from grounded.core.video import VideoSource, open_video
+from grounded.engine import Pipeline, get_adapter
+from grounded.engine.pipeline import PipelineError
+from grounded.engine.serialization import pipeline_from_dict, read_pipeline_spec
+
+__all__ = ["TrackFrame", "Tracking", "build_tracking", "track"]
+
+TRACKER_NODE = "tracker"
+
+
+@dataclass(frozen=True)
+class TrackFrame:
+    """One frame of a tracked video: its index, pixels and detections (masks, ``track_ids``)."""
+
+    index: int
+    image: LoadedImage
+    detections: Detections
+
+
+@dataclass
+class Tracking:
+    """A built tracker and, for mask-propagating trackers, the key-frame detector pipeline."""
+
+    tracker: VideoTracker
+    detector: Pipeline | None
+    settings: dict[str, Any]
+
+
+def build_tracking(
+    pipeline: str | Path = "track_grounded_sam2",
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    shared: Mapping[str, Any] | None = None,
+) -> Tracking:
+    """Load a tracking pipeline YAML: its ``tracker`` node and the detector pipeline made of the others."""
+    spec = read_pipeline_spec(pipeline)
+    nodes = dict(spec.get("nodes") or {})
+    if TRACKER_NODE not in nodes:
+        raise PipelineError(
+            f"pipeline {spec.get('name', pipeline)!r} has no {TRACKER_NODE!r} node; a tracking pipeline names "
+            "its video tracker (sam2_video, sam3_video) as the node 'tracker'"
+        )
+    overrides = dict(overrides or {})
+    unknown = set(overrides) - set(nodes)
+    if unknown:
+        raise PipelineError(f"overrides name unknown nodes {sorted(unknown)}; nodes: {sorted(nodes)}")
+    tracker_spec = nodes.pop(TRACKER_NODE)
+    cls = get_adapter(str(tracker_spec["type"]))
+    if not issubclass(cls, VideoTracker):
+        raise PipelineError(f"node 'tracker' ({tracker_spec['type']}) is not a video tracker")
+    params = dict(tracker_spec.get("params") or {})
+    params.update({k: v for k, v in (shared or {}).items() if k in ("device", "precision")})
+    params.update(overrides.pop(TRACKER_NODE, {}))
+    try:
+        tracker = cls(**params)
+    except (TypeError, ValueError) as exc:
+        raise PipelineError(f"node 'tracker' ({tracker_spec['type']}): {exc}") from None
+    detector = None
+    if not cls.text_driven:
+        if not nodes:
+            raise PipelineError(f"tracker {tracker_spec['type']!r} needs detector nodes on key frames")
+        detector = pipeline_from_dict({**spec, "nodes": nodes}, overrides, shared)
+    settings = {
+        "pipeline": str(spec.get("name", pipeline)),
+        "tracker": {"type": tracker_spec["type"], **tracker.get_params()},
+        "detector": detector.to_dict()["nodes"] if detector is not None else None,
+    }
+    return Tracking(tracker=tracker, detector=detector, settings=settings)
+
+
+def _box_of(mask: np.ndarray) -> list[float]:
+    ys, xs = np.nonzero(mask)
+    if not len(xs):
+        return [0.0, 0.0, 0.0, 0.0]
+    return [float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)]
+
+
+def _frame_detections(book: TrackBook, masks: Masks, prompt: Prompt, size: tuple[int, int]) -> Detections:
+    """The visible tracks of one frame as :class:`Detections` (by track id)."""
+    ids = sorted(tid for tid, m in masks.items() if m.any() and (tid in book.live or tid in book.ended))
+    if not ids:
+        return Detections.empty(size, prompt.classes).with_track_ids([])
+    tracks = [book.live.get(t) or book.ended[t] for t in ids]
+    stack = torch.from_numpy(np.stack([masks[t] for t in ids]).astype(bool))
+    return Detections(
+        boxes=torch.tensor([_box_of(masks[t]) for t in ids], dtype=torch.float32),
+        scores=torch.tensor([t.score for t in tracks], dtype=torch.float32),
+        class_ids=torch.tensor([t.class_id for t in tracks], dtype=torch.int64),
+        classes=prompt.classes,
+        phrases=tuple(prompt.classes[t.class_id] for t in tracks),
+        image_size=size,
+        masks=stack,
+        track_ids=torch.tensor(ids, dtype=torch.int64),
+    )
+
+
+def _key_frame_overlaps(
+    masks: Masks, ids: list[int], detections: Detections
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """IoU of the live tracks' propagated masks and the detections (masks, else boxes), and, with masks,
+    the share of each detection inside each track; both ``(tracks, detections)``."""
+    if not ids or not len(detections):
+        return np.zeros((len(ids), len(detections))), None
+    if detections.has_masks:
+        empty = np.zeros(detections.image_size, dtype=bool)
+        track_rles = encode_masks(np.stack([masks.get(t, empty) for t in ids]))
+        det_rles = detections.rles()
+        return mask_iou_matrix(track_rles, det_rles), mask_iou_matrix(det_rles, track_rles, cover=True).T
+    track_boxes = np.asarray([_box_of(masks[t]) if t in masks else [0.0] * 4 for t in ids])
+    return box_iou_matrix(track_boxes, detections.boxes.detach().float().cpu().numpy()), None
+
+
+def track(
+    video: str | Path | VideoSource,
+    prompt: str | Prompt,
+    tracking: Tracking,
+    *,
+    detect_every: int = 10,
+    max_lost: int = 2,
+    min_iou: float = 0.3,
+    reverse: bool = False,
+    refresh: bool = True,
+    book: TrackBook | None = None,
+) -> Iterator[TrackFrame]:
+    """Track the prompt's classes through ``video``; yields one :class:`TrackFrame` per frame, in order.
+
+    ``book`` (a fresh :class:`TrackBook` by default) holds the tracks; pass one to read the summary after.
+    """
+    if detect_every < 1:
+        raise UserError("--detect-every must be at least 1")
+    if max_lost < 0:
+        raise UserError("--max-lost must be at least 0")
+    source = video if isinstance(video, VideoSource) else open_video(video)
+    prompt = Prompt.of(prompt)
+    book = book if book is not None else TrackBook()
+    book.max_lost, book.min_iou = max_lost, min_iou
+    tracker = tracking.tracker
+    tracker.start(source.size, prompt)
+    if tracker.text_driven:
+        yield from _text_driven(source, prompt, tracker, book)
+        return
+    assert tracking.detector is not None
+    segment: list[tuple[int, LoadedImage, Masks]] = []
+    for index, image in enumerate(source.frames()):
+        masks = tracker.step(index, image)  # every frame, also before the first object (add() needs it)
+        if index % detect_every == 0:
+            detections = tracking.detector.run(images=[image], prompt=prompt)["detections"][0].to("cpu")
+            live = sorted(book.live)
+            iou, cover = _key_frame_overlaps(masks, live, detections)
+            update = book.key_frame(
+                index, iou, live, detections.class_ids.tolist(), detections.scores.tolist(), cover
+            )
+            tracker.drop(update.ended)
+            for tid in update.ended:
+                masks.pop(tid, None)
+            chosen = dict(update.new)
+            if refresh:
+                chosen.update(update.matched)
+            prompts = {
+                tid: (detections.mask_array(i) if detections.has_masks else detections.boxes[i].numpy())
+                for i, tid in chosen.items()
+            }
+            if prompts:
+                masks = tracker.add(index, prompts)
+            if reverse and update.new and segment:
+                new_masks = {tid: masks[tid] for tid in update.new.values() if tid in masks}
+                filled = tracker.backfill([(i, im) for i, im, _ in segment], index, new_masks)
+                segment = [(i, im, {**m, **filled.get(i, {})}) for i, im, m in segment]
+            yield from _emit(segment, book, prompt, source.size)
+            segment = []
+        segment.append((index, image, masks))
+    yield from _emit(segment, book, prompt, source.size)
+
+
+def _emit(
+    segment: list[tuple[int, LoadedImage, Masks]], book: TrackBook, prompt: Prompt, size: tuple[int, int]
+) -> Iterator[TrackFrame]:
+    for index, image, masks in segment:
+        book.observe(index, {tid: bool(m.any()) for tid, m in masks.items()})
+        yield TrackFrame(index=index, image=image, detections=_frame_detections(book, masks, prompt, size))
+
+
+def _text_driven(
+    source: VideoSource, prompt: Prompt, tracker: VideoTracker, book: TrackBook
+) -> Iterator[TrackFrame]:
+    """A tracker that finds and numbers objects itself: record its tracks in ``book`` as they come."""
+    from grounded.core.tracks import Track
+
+    for index, image in enumerate(source.frames()):
+        det = tracker.detect(index, image).to("cpu")
+        if det.track_ids is None:
+            raise PipelineError(f"{type(tracker).__name__}.detect returned detections without track_ids")
+        for tid, cid, score in zip(
+            det.track_ids.tolist(), det.class_ids.tolist(), det.scores.tolist(), strict=True
+        ):
+            if tid not in book.live:
+                book.live[tid] = Track(id=tid, class_id=cid, score=score, first_frame=index)
+                book.next_id = max(book.next_id, tid + 1)
+            book.live[tid].score = score
+        present = dict.fromkeys(det.track_ids.tolist(), True)
+        if det.has_masks:
+            present = {
+                tid: area > 0 for tid, area in zip(det.track_ids.tolist(), det.mask_areas(), strict=True)
+            }
+        book.observe(index, present)
+        yield TrackFrame(index=index, image=image, detections=det)
