@@ -291,6 +291,43 @@ class SAM(ModelAdapter):
         """The granularity interface shared with Semantic-SAM: :meth:`predict_levels`."""
         return self.predict_levels(image, points=points, boxes=boxes, levels=levels)
 
+    @torch.inference_mode()
+    def decode_prompt(
+        self,
+        embedding: ImageEmbedding,
+        points: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        box: torch.Tensor | None = None,
+        mask_input: torch.Tensor | None = None,
+        multimask: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One interactive prompt on an encoded image (the decoder only; the image encoder does not run).
+
+        ``points`` ``(K, 2)`` pixels with ``labels`` ``(K,)`` (1 positive, 0 negative), a ``box`` ``(4,)`` xyxy
+        pixels, and/or ``mask_input``: the low-res logits ``(h, w)`` of an earlier answer, as SAM's demo feeds
+        back for refinement. Returns bool masks ``(M, H, W)``, predicted IoU ``(M,)`` and low-res logits
+        ``(M, h, w)``; ``M`` is 3 with ``multimask``, else 1.
+        """
+        if points is None and box is None and mask_input is None:
+            raise ValueError("give points, a box and/or a mask input")
+        self.warm_up()
+        prompts: dict[str, torch.Tensor] = {}
+        if box is not None:
+            prompts.update(self._prompts(embedding, box.reshape(1, 4), None))
+        if points is not None and len(points):
+            scaled = self._prompts(embedding, None, points.reshape(-1, 2))["input_points"]
+            point_labels = torch.ones(len(points)) if labels is None else labels.reshape(-1)
+            prompts["input_points"] = scaled.reshape(1, 1, -1, 2)
+            prompts["input_labels"] = point_labels.to(self.device, torch.long).reshape(1, 1, -1)
+        if mask_input is not None:
+            prompts["input_masks"] = mask_input.to(self.device, torch.float32).reshape(
+                1, 1, *mask_input.shape[-2:]
+            )
+        with autocast(self.device, self.precision):
+            out = self._model(multimask_output=multimask, **prompts, **self._decoder_inputs(embedding))
+        low_res, iou = out.pred_masks[0, 0].float(), out.iou_scores[0, 0].float()
+        return self._upsample(low_res[:, None], embedding), iou, low_res
+
     def _decoder_inputs(self, embedding: ImageEmbedding) -> dict[str, Any]:
         """The image side of a mask-decoder call."""
         if self.is_hq:
