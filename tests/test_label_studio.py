@@ -323,3 +323,32 @@ def test_the_command_serves_the_protocol(tiny_gdino, tiny_sam, tmp_path):
         text=True,
     )
     assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "--port" in bad.stderr
+
+
+def test_a_prompt_in_the_task_and_a_batch_with_a_bad_task(client):
+    body = _request("predict")
+    body["label_config"] = body["label_config"].replace('name="prompt"', 'name="prompt" value="$caption"')
+    body["project"] = "21.1"
+    good = {"id": 11, "data": {"image": "/data/upload/3/astronaut.png", "caption": "Person: astronaut"}}
+    bad = {"id": 12, "data": {"image": "/data/upload/3/missing.png"}}
+    body["tasks"] = [good, bad]
+    answer = client.post("/predict", json=body)
+    assert answer.status_code == 200
+    first, second = answer.json()["results"]
+    labels = {r["value"][r["type"]][0] for r in first["result"] if r["type"].endswith("labels")}
+    assert labels == {"Person"}
+    assert {"text": ["Person: astronaut"]} in [r["value"] for r in first["result"] if r["type"] == "textarea"]
+    assert second["result"] == [] and second["model_version"] == first["model_version"]
+
+
+def test_a_negative_click_changes_the_mask(client, annotator, photo_file):
+    body = _request("predict_keypoint")
+    negative = {**body["params"]["context"]["result"][0], "is_positive": False, "id": "neg"}
+    negative["value"] = {**negative["value"], "x": 25.0, "y": 75.0}
+    body["params"]["context"]["result"].append(negative)
+    (region,) = client.post("/predict", json=body).json()["results"][0]["result"]
+    mask = np.reshape(brush.decode_rle(region["value"]["rle"]), (128, 160, 4))[:, :, 3] > 0
+    want = annotator.click(load_image(photo_file), [[80.0, 40.0], [40.0, 96.0]], [1, 0])
+    only_positive = annotator.click(load_image(photo_file), [[80.0, 40.0]], [1])
+    assert np.array_equal(mask, want.mask.numpy())
+    assert not np.array_equal(want.mask.numpy(), only_positive.mask.numpy())

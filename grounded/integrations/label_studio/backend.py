@@ -8,6 +8,8 @@ one, the annotator's smart clicks / boxes are turned into a SAM mask, or a typed
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -24,6 +26,8 @@ from grounded.integrations.label_studio.regions import (
 )
 
 __all__ = ["TRAIN_EVENTS", "LabelStudioBackend"]
+
+_log = logging.getLogger(__name__)
 
 #: webhook events label-studio-ml-backend hands to ``fit`` (others answer "Unknown event")
 TRAIN_EVENTS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATION_DELETED", "START_TRAINING")
@@ -46,6 +50,7 @@ class LabelStudioBackend:
         self.fetch = ImageFetcher(max_download_bytes)
         self._configs: LruCache[str, LabelingConfig] = LruCache(32)
         self.projects: LruCache[str, dict[str, Any]] = LruCache(1024)
+        self._lock = threading.Lock()
 
     @property
     def model_version(self) -> str:
@@ -54,20 +59,23 @@ class LabelStudioBackend:
     def config(self, xml: Any) -> LabelingConfig:
         if not isinstance(xml, str) or not xml.strip():
             raise UserError("the request has no labeling config")
-        found = self._configs.get(xml)
+        with self._lock:
+            found = self._configs.get(xml)
         if found is None:
             found = LabelingConfig.parse(xml)
-            self._configs.put(xml, found)
+            with self._lock:
+                self._configs.put(xml, found)
         return found
 
     def memory(self, project: Any) -> dict[str, Any]:
         """The remembered ``prompt`` and thresholds of a project."""
         key = _project_id(project)
-        found = self.projects.get(key)
-        if found is None:
-            found = {}
-            self.projects.put(key, found)
-        return found
+        with self._lock:
+            found = self.projects.get(key)
+            if found is None:
+                found = {}
+                self.projects.put(key, found)
+            return found
 
     # ------------------------------------------------------------------ routes
     def health(self) -> dict[str, Any]:
@@ -105,8 +113,18 @@ class LabelStudioBackend:
         clicks = [r for r in results if r.get("from_name") in config.smart]
         if clicks:
             return {"results": [self._click(config, task, clicks) for task in tasks[:1]]}
-        self._remember(config, project, results)
-        return {"results": [self._auto(config, task, project) for task in tasks]}
+        typed = self._remember(config, project, results).get("prompt") if config.prompt else None
+        typed = typed if any(r.get("from_name") == config.prompt for r in results) else None
+        if len(tasks) == 1:  # the annotator waits for this one: an error is shown to them
+            return {"results": [self._auto(config, tasks[0], project, typed)]}
+        out = []
+        for task in tasks:  # a batch (Retrieve predictions): a bad task gets an empty prediction
+            try:
+                out.append(self._auto(config, task, project, typed))
+            except UserError as exc:
+                _log.warning("%s", exc)
+                out.append(self._prediction([], []))
+        return {"results": out}
 
     # ------------------------------------------------------------------ helpers
     def _remember(
@@ -136,11 +154,16 @@ class LabelStudioBackend:
             )
         return self.fetch(data[config.image_key], task.get("id"))
 
-    def _auto(self, config: LabelingConfig, task: Mapping[str, Any], project: Any) -> dict[str, Any]:
+    def _auto(
+        self, config: LabelingConfig, task: Mapping[str, Any], project: Any, typed: str | None = None
+    ) -> dict[str, Any]:
+        """Pre-annotation from the prompt: typed now, else the task's own (``TextArea value="$key"``), else
+        the project's last typed one, else the config's labels."""
         memory = self.memory(project)
         image = self._image(config, task)
         thresholds = {key: memory.get(key, default) for key, (_, default) in config.numbers.items()}
-        prompt = memory.get("prompt")
+        own = (task.get("data") or {}).get(config.prompt_key) if config.prompt_key else None
+        prompt = typed or (own if isinstance(own, str) and own.strip() else None) or memory.get("prompt")
         need_masks = any(out.kind != "rectangle" for out in config.outputs)
         found: dict[str, Any] = {}
         regions: list[dict[str, Any]] = []

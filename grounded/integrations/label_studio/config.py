@@ -44,7 +44,7 @@ class Output:
             except OntologyError as exc:
                 raise UserError(f"labels of <{self.from_name}>: {exc}") from None
         try:
-            typed = Ontology.load(prompt)
+            typed = Ontology.parse(prompt)  # never a file name: the text comes from the browser
         except OntologyError as exc:
             raise UserError(f"prompt {prompt!r}: {exc}") from None
         lookup = {label.lower(): label for label in self.labels}
@@ -71,7 +71,8 @@ class LabelingConfig:
         outputs: every RectangleLabels / PolygonLabels / BrushLabels control on that image (smart
             RectangleLabels are inputs, not outputs).
         smart: names of smart KeyPointLabels / RectangleLabels controls (clicks and boxes for SAM).
-        prompt: the TextArea whose text is the prompt, if any.
+        prompt: the TextArea whose text is the prompt, if any; ``prompt_key`` the task data key of its
+            ``value="$key"`` (a prompt given per task), if any.
         numbers: threshold name (``box_threshold`` / ``text_threshold``) → (Number tag name, its defaultValue).
     """
 
@@ -81,6 +82,7 @@ class LabelingConfig:
     smart: frozenset[str] = frozenset()
     prompt: str | None = None
     numbers: Mapping[str, tuple[str, float | None]] = field(default_factory=dict)
+    prompt_key: str | None = None
 
     @classmethod
     def parse(cls, xml: str) -> LabelingConfig:
@@ -95,7 +97,7 @@ class LabelingConfig:
         if not images:
             raise UserError("the labeling config has no <Image> tag")
         image = images[0]
-        outputs, smart, prompt, numbers = [], set(), None, {}
+        outputs, smart, prompt, prompt_key, numbers = [], set(), None, None, {}
         for control in interface.controls:
             if image.name not in control.to_name:
                 continue
@@ -121,6 +123,8 @@ class LabelingConfig:
                 )
             elif control.tag == "TextArea" and prompt is None:
                 prompt = control.name
+                given = control.attr.get("value", "")
+                prompt_key = given[1:] if given.startswith("$") else None
             elif control.tag == "Number":
                 for key in THRESHOLD_NAMES:
                     if control.name.startswith(key) and key not in numbers:
@@ -131,7 +135,9 @@ class LabelingConfig:
                 "the labeling config has no RectangleLabels, PolygonLabels or BrushLabels for the image"
             )
         value = image.value
-        return cls(image.name, value.lstrip("$"), tuple(outputs), frozenset(smart), prompt, numbers)
+        return cls(
+            image.name, value.lstrip("$"), tuple(outputs), frozenset(smart), prompt, numbers, prompt_key
+        )
 
     def mask_output(self) -> Output:
         """Where a click's mask goes: the first BrushLabels, else PolygonLabels, else RectangleLabels."""
