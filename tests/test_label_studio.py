@@ -352,3 +352,19 @@ def test_a_negative_click_changes_the_mask(client, annotator, photo_file):
     only_positive = annotator.click(load_image(photo_file), [[80.0, 40.0]], [1])
     assert np.array_equal(mask, want.mask.numpy())
     assert not np.array_equal(want.mask.numpy(), only_positive.mask.numpy())
+
+
+def test_a_labels_prompts_are_shared_by_every_control():
+    config = LabelingConfig.parse(
+        '<View><Image name="im" value="$url"/>'
+        '<RectangleLabels name="b" toName="im" model_score_threshold="0.4">'
+        '<Label value="Car" predicted_values="car, automobile"/><Label value="Dog"/></RectangleLabels>'
+        '<BrushLabels name="m" toName="im"><Label value="Car"/><Label value="Dog"/></BrushLabels>'
+        '<RectangleLabels name="s" toName="im" smart="true"><Label value="Car"/></RectangleLabels></View>'
+    )
+    assert config.image == "im" and config.image_key == "url" and config.smart == {"s"}
+    assert [o.from_name for o in config.outputs] == ["b", "m"] and config.outputs[0].score_threshold == 0.4
+    for out in config.outputs:
+        assert out.ontology().to_spec() == "Car: car, automobile; Dog: Dog"
+    assert config.outputs[1].ontology("dog, automobile").to_spec() == "Dog: dog; Car: automobile"
+    assert config.mask_output().from_name == "m"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from grounded.core.errors import UserError
 from grounded.core.ontology import Ontology, OntologyClass, OntologyError
@@ -109,7 +109,7 @@ class LabelingConfig:
                 prompts = {}
                 for label, tag in control.labels_attrs.items():
                     given = [p.strip() for p in tag.attr.get("predicted_values", "").split(",") if p.strip()]
-                    prompts[label] = tuple(given or [label])
+                    prompts[label] = tuple(given)
                 threshold = control.attr.get("model_score_threshold")
                 outputs.append(
                     Output(
@@ -130,6 +130,15 @@ class LabelingConfig:
                     if control.name.startswith(key) and key not in numbers:
                         default = control.attr.get("defaultValue")
                         numbers[key] = (control.name, None if default is None else float(default))
+        shared: dict[str, list[str]] = {}  # a label's prompts: its predicted_values in any control
+        for out in outputs:
+            for label, given in out.prompts.items():
+                have = shared.setdefault(label, [])
+                have += [p for p in given if p.lower() not in map(str.lower, have)]
+        outputs = [
+            replace(out, prompts={label: tuple(shared[label] or [label]) for label in out.labels})
+            for out in outputs
+        ]
         if not outputs:
             raise UserError(
                 "the labeling config has no RectangleLabels, PolygonLabels or BrushLabels for the image"
