@@ -123,8 +123,8 @@ class LabelingConfig:
                 )
             elif control.tag == "TextArea" and prompt is None:
                 prompt = control.name
-                given = control.attr.get("value", "")
-                prompt_key = given[1:] if given.startswith("$") else None
+                data_value = control.attr.get("value", "")
+                prompt_key = data_value[1:] if data_value.startswith("$") else None
             elif control.tag == "Number":
                 for key in THRESHOLD_NAMES:
                     if control.name.startswith(key) and key not in numbers:
@@ -132,9 +132,9 @@ class LabelingConfig:
                         numbers[key] = (control.name, None if default is None else float(default))
         shared: dict[str, list[str]] = {}  # a label's prompts: its predicted_values in any control
         for out in outputs:
-            for label, given in out.prompts.items():
+            for label, values in out.prompts.items():
                 have = shared.setdefault(label, [])
-                have += [p for p in given if p.lower() not in map(str.lower, have)]
+                have += [p for p in values if p.lower() not in map(str.lower, have)]
         outputs = [
             replace(out, prompts={label: tuple(shared[label] or [label]) for label in out.labels})
             for out in outputs
