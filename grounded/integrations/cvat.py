@@ -21,6 +21,7 @@ from grounded.core.errors import UserError
 from grounded.core.images import load_image
 from grounded.core.ontology import Ontology
 from grounded.integrations.annotator import Annotator
+from grounded.integrations.shapes import outline_polygons
 
 __all__ = ["SHAPES", "GroundedDetectionFunction", "create", "mask_polygons"]
 
@@ -29,11 +30,9 @@ SHAPES = ("mask", "polygon", "rectangle")
 
 
 def mask_polygons(mask: np.ndarray, tolerance: float = 1.0) -> list[list[float]]:
-    """A mask's regions as CVAT polygons (flat ``[x0, y0, x1, y1, ...]`` pixels), one per connected region
-    (holes joined to their region by zero-width bridges, as COCO polygons are)."""
-    from grounded.tasks.datasets import coco_polygons
-
-    return [p for p in coco_polygons(mask, tolerance) if len(p) >= 6]
+    """A mask's regions as CVAT polygons (flat ``[x0, y0, x1, y1, ...]`` pixels), one per part (holes joined
+    to their part by zero-width bridges, as COCO polygons are), simplified within ``tolerance`` pixels."""
+    return [[round(float(v), 2) for v in ring.reshape(-1)] for ring in outline_polygons(mask, tolerance)]
 
 
 class GroundedDetectionFunction:

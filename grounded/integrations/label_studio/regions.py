@@ -50,15 +50,13 @@ def polygon_regions(
     mask: np.ndarray, label: str, score: float, from_name: str, to_name: str, tolerance: float = 1.0
 ) -> list[dict[str, Any]]:
     """A mask's regions as ``polygonlabels`` regions, one per polygon (holes bridged, as in COCO polygons)."""
-    from grounded.tasks.datasets import coco_polygons
+    from grounded.integrations.shapes import outline_polygons
 
     size = (int(mask.shape[0]), int(mask.shape[1]))
     scale = np.array([100 / size[1], 100 / size[0]])
     out = []
-    for flat in coco_polygons(mask, tolerance):
-        points = (np.asarray(flat, dtype=np.float64).reshape(-1, 2) * scale).clip(0, 100)
-        if len(points) < 3:
-            continue
+    for ring in outline_polygons(mask, tolerance):
+        points = (ring * scale).clip(0, 100)
         value = {"points": points.round(4).tolist(), "closed": True, "polygonlabels": [label]}
         out.append({**_base("polygon", from_name, to_name, size, score), "value": value})
     return out

@@ -1,0 +1,26 @@
+"""Mask outlines for the labeling tools: COCO-style polygons (:func:`grounded.tasks.datasets.coco_polygons`,
+pixel-corner convention, holes bridged to their part), optionally simplified."""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["outline_polygons"]
+
+
+def outline_polygons(mask: np.ndarray, tolerance: float = 1.0) -> list[np.ndarray]:
+    """A mask's polygons as ``(N, 2)`` pixel ``x, y`` arrays (``N >= 3``), simplified by Douglas-Peucker within
+    ``tolerance`` pixels (0: as traced)."""
+    from skimage.measure import approximate_polygon
+
+    from grounded.tasks.datasets import coco_polygons
+
+    out = []
+    for flat in coco_polygons(np.asarray(mask, dtype=bool)):
+        ring = np.asarray(flat, dtype=np.float64).reshape(-1, 2)
+        if tolerance > 0 and len(ring) > 3:
+            closed = approximate_polygon(np.vstack([ring, ring[:1]]), tolerance)[:-1]
+            ring = closed if len(closed) >= 3 else ring
+        if len(ring) >= 3:
+            out.append(ring)
+    return out
