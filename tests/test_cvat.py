@@ -184,3 +184,18 @@ def test_interactor_encodes_once_and_decodes_clicks(annotator, photo, monkeypatc
     assert calls == [1]  # the same image: its cached embedding
     assert np.array_equal(mask, want.mask.numpy())
     assert len(again) in (0, 1)
+
+
+def test_polygon_tolerance_simplifies_hole_free_outlines_only():
+    from grounded.integrations.cvat import mask_polygons
+
+    yy, xx = np.mgrid[:80, :100]
+    disc = (yy - 40) ** 2 + (xx - 50) ** 2 < 30**2
+    (exact,), (simple,) = mask_polygons(disc), mask_polygons(disc, 1.5)
+    assert len(simple) < len(exact) / 4
+    assert np.array_equal(polygons_to_mask([exact], 80, 100), disc)
+    filled = polygons_to_mask([simple], 80, 100)
+    differ = np.argwhere(filled != disc)  # only pixels within tolerance + 1 px of the circle
+    assert np.abs(np.hypot(differ[:, 0] - 40, differ[:, 1] - 50) - 30).max() <= 2.5
+    ring = disc & ~((yy - 40) ** 2 + (xx - 50) ** 2 < 10**2)
+    assert np.array_equal(polygons_to_mask(mask_polygons(ring, 1.5), 80, 100), ring)  # bridged: as traced

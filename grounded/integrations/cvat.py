@@ -29,7 +29,7 @@ __all__ = ["SHAPES", "GroundedDetectionFunction", "create", "mask_polygons"]
 SHAPES = ("mask", "polygon", "rectangle")
 
 
-def mask_polygons(mask: np.ndarray, tolerance: float = 1.0) -> list[list[float]]:
+def mask_polygons(mask: np.ndarray, tolerance: float = 0.0) -> list[list[float]]:
     """A mask's regions as CVAT polygons (flat ``[x0, y0, x1, y1, ...]`` pixels), one per part (holes joined
     to their part by zero-width bridges, as COCO polygons are), simplified within ``tolerance`` pixels."""
     return [[round(float(v), 2) for v in ring.reshape(-1)] for ring in outline_polygons(mask, tolerance)]
@@ -45,7 +45,7 @@ class GroundedDetectionFunction:
         shape: str = "mask",
         box_threshold: float | None = None,
         text_threshold: float | None = None,
-        polygon_tolerance: float = 1.0,
+        polygon_tolerance: float = 0.0,
     ) -> None:
         if shape not in SHAPES:
             raise UserError(f"shape must be one of {', '.join(SHAPES)}, got {shape!r}")
@@ -115,7 +115,7 @@ def create(
     device: str = "auto",
     box_threshold: float | None = None,
     text_threshold: float | None = None,
-    polygon_tolerance: float = 1.0,
+    polygon_tolerance: float = 0.0,
 ) -> GroundedDetectionFunction:
     """The function for ``cvat-cli ... --function-module grounded.integrations.cvat -p prompt=str:...``."""
     annotator = Annotator(pipeline, detector=detector, segmenter=segmenter, device=device)

@@ -47,7 +47,7 @@ def rectangle_region(
 
 
 def polygon_regions(
-    mask: np.ndarray, label: str, score: float, from_name: str, to_name: str, tolerance: float = 1.0
+    mask: np.ndarray, label: str, score: float, from_name: str, to_name: str, tolerance: float = 0.0
 ) -> list[dict[str, Any]]:
     """A mask's regions as ``polygonlabels`` regions, one per polygon (holes bridged, as in COCO polygons)."""
     from grounded.integrations.shapes import outline_polygons
