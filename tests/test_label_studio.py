@@ -377,3 +377,13 @@ def test_a_labels_prompts_are_shared_by_every_control():
         assert out.ontology().to_spec() == "Car: car, automobile; Dog: Dog"
     assert config.outputs[1].ontology("dog, automobile").to_spec() == "Dog: dog; Car: automobile"
     assert config.mask_output().from_name == "m"
+
+
+def test_a_smart_region_without_coordinates_is_a_one_line_error(client):
+    body = _request("predict_keypoint")
+    del body["params"]["context"]["result"][0]["value"]["x"]
+    answer = client.post("/predict", json=body)
+    assert (
+        answer.status_code == 400
+        and answer.json()["error"] == "smart region 'fBWv1t0S2L' of <tag2> has no x/y in percent"
+    )

@@ -210,13 +210,20 @@ class LabelStudioBackend:
             kind = r.get("type", "")
             chosen = value.get(kind) or value.get("labels") or []
             label = chosen[0] if chosen else label
-            x, y = width * float(value["x"]) / 100, height * float(value["y"]) / 100
-            if kind == "keypointlabels":
-                points.append([x, y])
-                labels.append(1 if r.get("is_positive", True) else 0)
-            elif kind == "rectanglelabels":
-                w, h = width * float(value["width"]) / 100, height * float(value["height"]) / 100
-                box = [x, y, x + w, y + h]
+            try:
+                x, y = width * float(value["x"]) / 100, height * float(value["y"]) / 100
+                if kind == "keypointlabels":
+                    points.append([x, y])
+                    labels.append(1 if r.get("is_positive", True) else 0)
+                elif kind == "rectanglelabels":
+                    w, h = width * float(value["width"]) / 100, height * float(value["height"]) / 100
+                    box = [x, y, x + w, y + h]
+            except (KeyError, TypeError, ValueError):
+                raise UserError(
+                    f"smart region {r.get('id')!r} of <{r.get('from_name')}> has no x/y in percent"
+                ) from None
+            if not all(0 <= v <= 100 for v in (value["x"], value["y"])):
+                raise UserError(f"smart region {r.get('id')!r} lies outside the image")
         out = config.mask_output()
         label = label or out.labels[0]
         answer = self.annotator.click(image, points, labels, box)
