@@ -44,6 +44,7 @@ COMMAND_MODULES: list[str] = [
     "grounded.cli.annotate",
     "grounded.cli.serve",
     "grounded.cli.track",
+    "grounded.cli.label_studio",
 ]
 
 #: An error reported as one line, without a traceback (exit code 2); the tasks raise it as ``UserError``.
