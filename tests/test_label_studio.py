@@ -387,3 +387,39 @@ def test_a_smart_region_without_coordinates_is_a_one_line_error(client):
         answer.status_code == 400
         and answer.json()["error"] == "smart region 'fBWv1t0S2L' of <tag2> has no x/y in percent"
     )
+
+
+def test_grounded_serve_answers_the_protocol_under_label_studio(
+    tiny_gdino, tiny_sam, label_studio, monkeypatch
+):
+    """``grounded serve --label-studio``: the same backend at ``/label-studio`` beside the serve API (whose
+    ``/health`` stays its own), with predictions of the serve pipeline's models."""
+    from grounded.serve import ServeConfig, Service
+    from grounded.serve import create_app as serve_app
+    from grounded.serve.label_studio import label_studio_routes
+
+    url, _ = label_studio
+    monkeypatch.setenv("LABEL_STUDIO_URL", url)
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", TOKEN)
+    overrides = {
+        "detector": {"model": str(tiny_gdino), "box_threshold": 0.0, "top_k": 4, "nms_threshold": None},
+        "segmenter": {"model": str(tiny_sam)},
+    }
+    config = ServeConfig(overrides=overrides, shared={"device": "cpu"})
+    with TestClient(serve_app(Service(config), extra_routers=[label_studio_routes(config)])) as c:
+        assert c.get("/label-studio/health").json() == GOLDEN["health"]["response"]
+        assert c.get("/health").json() != GOLDEN["health"]["response"]  # serve's own health document
+        answer = c.post("/label-studio/predict", json=_request("predict"))
+        assert answer.status_code == 200, answer.text
+        (prediction,) = answer.json()["results"]
+        assert _form(answer.json()) == _golden_form(GOLDEN["predict"]["response_form"])
+        assert LabelInterface(_request("predict")["label_config"]).validate_prediction(prediction)
+        boxes = [r for r in prediction["result"] if r["type"] == "rectanglelabels"]
+        assert len(boxes) == 4  # top_k of the serve configuration's detector
+
+
+def test_serve_label_studio_with_ray_is_one_line(capsys):
+    from grounded.cli import main
+
+    assert main(["serve", "--label-studio", "--engine", "ray"]) == 2
+    assert "--label-studio runs with --engine local only" in capsys.readouterr().err

@@ -55,6 +55,12 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument(
         "--random-weights", action="store_true", help="tiny random-weight models even if real ones exist"
     )
+    p.add_argument(
+        "--label-studio",
+        action="store_true",
+        help="also answer as a Label Studio ML backend at /label-studio (give Label Studio "
+        "http://HOST:PORT/label-studio; needs label-studio-sdk: pip install 'grounded[label-studio]')",
+    )
     p.add_argument("--engine", choices=("local", "ray"), default="local", help="uvicorn here, or Ray Serve")
     p.add_argument("--replicas", type=int, default=1, help="--engine ray: model replicas")
     p.set_defaults(handler=handler)
@@ -124,13 +130,32 @@ def handler(args: argparse.Namespace) -> int:
             f"grounded serve: listening on {args.host} without --token: anyone who reaches it may use it",
             file=sys.stderr,
         )
+    if args.label_studio and args.engine == "ray":
+        raise UserError("--label-studio runs with --engine local only")
     if args.engine == "ray":
         from grounded.serve.ray_engine import serve_on_ray
 
         return serve_on_ray(config, host=args.host, port=args.port, replicas=args.replicas)
     from grounded.serve.app import create_app
 
-    app = create_app(config, warm_up=True)
+    extra = []
+    if args.label_studio:
+        try:
+            import label_studio_sdk  # noqa: F401
+        except ImportError:
+            raise UserError(
+                "--label-studio needs label-studio-sdk: pip install 'grounded[label-studio]'"
+            ) from None
+        from grounded.serve.label_studio import LABEL_STUDIO_PREFIX, label_studio_routes
+
+        extra.append(label_studio_routes(config))
+    app = create_app(config, extra_routers=extra, warm_up=True)
     print(f"grounded serve: http://{args.host}:{args.port}  (API docs: /docs)", file=sys.stderr, flush=True)
+    if args.label_studio:
+        print(
+            f"grounded serve: Label Studio ML backend at http://{args.host}:{args.port}{LABEL_STUDIO_PREFIX}",
+            file=sys.stderr,
+            flush=True,
+        )
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", timeout_keep_alive=5)
     return EXIT_OK
