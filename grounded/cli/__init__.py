@@ -42,6 +42,7 @@ COMMAND_MODULES: list[str] = [
     "grounded.cli.edit",
     "grounded.cli.granularity",
     "grounded.cli.annotate",
+    "grounded.cli.convert_dataset",
 ]
 
 #: An error reported as one line, without a traceback (exit code 2); the tasks raise it as ``UserError``.
