@@ -97,7 +97,7 @@ def dataset(tmp_path_factory):
     sources = {f: src / f for f in truth}
     out = tmp_path_factory.mktemp("datasets")
     report = dx.export_records(out, records, CATEGORIES, dx.FORMATS, sources, assignment)
-    return {"out": out, "truth": truth, "records": records, "report": report, "split": assignment}
+    return {"out": out, "truth": truth, "records": records, "report": report, "split": assignment, "src": src}
 
 
 @pytest.fixture
@@ -278,23 +278,24 @@ def test_ultralytics_dataset_loader_reads_every_label(dataset, elsewhere, caplog
 def _supervision_datasets(out: Path):
     import supervision as sv
 
-    yield (
-        "coco",
-        sv.DetectionDataset.from_coco(
-            str(out / "coco" / "images" / "train"),
-            str(out / "coco" / "annotations" / "instances_train.json"),
-            force_masks=True,
-        ),
-    )
-    yield (
-        "yolo",
-        sv.DetectionDataset.from_yolo(
-            str(out / "yolo" / "images" / "train"),
-            str(out / "yolo" / "labels" / "train"),
-            str(out / "yolo" / "data.yaml"),
-            force_masks=True,
-        ),
-    )
+    for split in ("train", "val"):
+        yield (
+            "coco",
+            sv.DetectionDataset.from_coco(
+                str(out / "coco" / "images" / split),
+                str(out / "coco" / "annotations" / f"instances_{split}.json"),
+                force_masks=True,
+            ),
+        )
+        yield (
+            "yolo",
+            sv.DetectionDataset.from_yolo(
+                str(out / "yolo" / "images" / split),
+                str(out / "yolo" / "labels" / split),
+                str(out / "yolo" / "data.yaml"),
+                force_masks=True,
+            ),
+        )
     yield (
         "voc",
         sv.DetectionDataset.from_pascal_voc(
@@ -305,10 +306,10 @@ def _supervision_datasets(out: Path):
 
 def test_supervision_reads_coco_yolo_and_voc(dataset, elsewhere):
     truth = _by_image(dataset)
+    seen: dict[str, set[str]] = {}
     for fmt, ds in _supervision_datasets(dataset["out"]):
-        names = {Path(p).stem for p, _, _ in ds}
-        assert names == ({"coins", "horse", "rotated"} if fmt == "voc" else {"coins", "rotated"}), fmt
         for path, image, det in ds:
+            seen.setdefault(fmt, set()).add(Path(path).stem)
             items = truth[Path(path).stem]
             assert [ds.classes[c] for c in det.class_id] == [c for c, _ in items], fmt
             assert det.mask.shape[1:] == image.shape[:2]
@@ -318,6 +319,7 @@ def test_supervision_reads_coco_yolo_and_voc(dataset, elsewhere):
                 _check(
                     f"supervision-{fmt}", cat, mask, true, box, compact_iou=0.93 if fmt == "coco" else 0.98
                 )
+    assert seen == {fmt: {"coins", "horse", "rotated"} for fmt in ("coco", "yolo", "voc")}
 
 
 # ---------------------------------------------------------------------- VOC
@@ -413,6 +415,33 @@ def test_convert_dataset_rewrites_a_coco_dataset(dataset, elsewhere, capsys):
     for name in ("coins", "rotated"):
         direct = (dataset["out"] / "yolo" / "labels" / "train" / f"{name}.txt").read_text()
         assert (out / "yolo" / "labels" / "train" / f"{name}.txt").read_text() == direct
+
+
+def test_convert_dataset_fixes_a_run_coco_json_of_an_exif_image(dataset, elsewhere, capsys):
+    """A ``segment --format coco`` file names the original (sideways) JPEG with its displayed size: the
+    converted dataset holds the image rotated, and torchvision's masks fit it."""
+    from torchvision.datasets import CocoDetection, wrap_dataset_for_transforms_v2
+
+    from grounded.cli import main
+
+    records = [r for r in dataset["records"] if r["file"] == "rotated.jpg"]
+    doc = dx.coco_document(records, CATEGORIES, rle=True)
+    (elsewhere / "coco.json").write_text(json.dumps(doc))
+    with Image.open(dataset["src"] / "rotated.jpg") as im:
+        assert im.size == (140, 90) and doc["images"][0]["width"] == 90  # stored sideways
+    out = elsewhere / "fixed"
+    args = ["convert-dataset", str(elsewhere / "coco.json"), "--images", str(dataset["src"]), "--to", "coco"]
+    assert main([*args, "--out", str(out)]) == 0, capsys.readouterr().err
+    root = out / "coco"
+    with contextlib.redirect_stdout(io.StringIO()):
+        ds = wrap_dataset_for_transforms_v2(
+            CocoDetection(str(root / "images" / "train"), str(root / "annotations" / "instances_train.json")),
+            target_keys=("masks", "labels"),
+        )
+    image, target = ds[0]
+    assert image.size == (90, 140) and tuple(target["masks"].shape) == (2, 140, 90)
+    for mask, (_, true) in zip(target["masks"], dataset["truth"]["rotated.jpg"], strict=True):
+        assert _iou(mask.numpy(), true) == 1.0
 
 
 def test_convert_dataset_refuses_bad_inputs(dataset, elsewhere, capsys):
