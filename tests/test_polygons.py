@@ -123,3 +123,20 @@ def test_a_ragged_mask_is_fast():
         assert polys
     print(f"ragged 1024x1024 mask ({len(mask_parts(mask))} parts): {times}")
     assert times["centre"] < 0.25 and times["corner"] < 0.5  # generous: a shared CI machine
+
+
+def test_benchmark_rows():
+    from grounded.tasks.bench import format_polygon_times, polygon_times
+
+    rows = polygon_times(size=128, repeats=1)
+    assert [r["mask"] for r in rows] == [
+        "disk",
+        "horse",
+        "foliage s=12",
+        "foliage s=6",
+        "foliage s=3",
+        "checker 4px",
+    ]
+    assert rows[0]["parts"] == 1 and rows[0]["holes"] == 0 and rows[-1]["holes"] > 10
+    assert all(r["yolo_ms"] > 0 and r["coco_ms"] > 0 for r in rows)
+    assert format_polygon_times(rows, 128).count("\n| ") == len(rows) + 1

@@ -18,7 +18,12 @@ import numpy as np
 from grounded.core.errors import UserError
 from grounded.core.rle import decode_rle
 
-__all__ = ["label_config", "label_studio_regions", "region_mask"]
+__all__ = ["label_config", "label_studio_regions", "region_mask", "require_sdk"]
+
+
+def require_sdk() -> None:
+    """Raise the one-line :class:`UserError` now if label-studio-sdk is missing (before any model runs)."""
+    _brush()
 
 
 def _brush() -> Any:
