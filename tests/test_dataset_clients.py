@@ -100,6 +100,17 @@ def dataset(tmp_path_factory):
     return {"out": out, "truth": truth, "records": records, "report": report, "split": assignment, "src": src}
 
 
+@pytest.fixture(autouse=True)
+def _undo_ultralytics_patches():
+    """Importing ultralytics replaces ``PIL.Image.open`` (which then tries to install pi-heif for any file
+    PIL cannot identify) and ``torch.save`` for the whole process: put them back for the other tests."""
+    import torch
+
+    saved = Image.open, torch.save
+    yield
+    Image.open, torch.save = saved
+
+
 @pytest.fixture
 def elsewhere(tmp_path, monkeypatch):
     """Every client runs from a working directory that is not the dataset's."""
