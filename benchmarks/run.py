@@ -120,7 +120,20 @@ def main(argv: list[str] | None = None) -> int:
         help="images for the anchor comparison (empty: skip)",
     )
     parser.add_argument("--out", type=Path, help="also write the tables to this Markdown file")
+    parser.add_argument(
+        "--polygons-only",
+        action="store_true",
+        help="only the dataset writers' masks-to-polygons times (1024x1024 masks, compact to ragged)",
+    )
     args = parser.parse_args(argv)
+    from grounded.tasks.bench import format_polygon_times, polygon_times
+
+    polygons = format_polygon_times(polygon_times(repeats=args.repeats))
+    if args.polygons_only:
+        print(polygons, flush=True)
+        if args.out:
+            args.out.write_text(polygons + "\n")
+        return 0
     results = run_benchmark(
         images=[v for v in args.images.split(",") if v],
         prompt=args.prompt,
@@ -143,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         print("\n" + table)
         text += "\n\n" + table
+    print("\n" + polygons)
+    text += "\n\n" + polygons
     if args.out:
         args.out.write_text(text + "\n")
     return 0

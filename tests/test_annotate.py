@@ -82,7 +82,7 @@ def test_all_formats_are_written_and_read_back(full_run, image_dir):
     split = dx.split_files(sorted(records), 0.34)
     assert sorted(split.values()) == ["train", "train", "val"]
 
-    # COCO, read back by pycocotools: the ontology's classes with fixed ids, masks identical to the manifest
+    # COCO, read back by pycocotools: the ontology's classes with fixed ids, polygons that give back the masks
     coco_files = {s: out / "coco" / "annotations" / f"instances_{s}.json" for s in ("train", "val")}
     seen = []
     for split_name, path in coco_files.items():
@@ -90,9 +90,12 @@ def test_all_formats_are_written_and_read_back(full_run, image_dir):
         assert [c["name"] for c in coco.loadCats(coco.getCatIds())] == ["person", "cup", "flag"]
         assert coco.getCatIds() == [1, 2, 3]
         for img in coco.loadImgs(coco.getImgIds()):
-            assert split[img["file_name"]] == split_name
-            seen.append(img["file_name"])
-            rec = records[img["file_name"]]
+            file = next(f for f in records if Path(f).name == img["file_name"])
+            assert split[file] == split_name
+            placed = out / "coco" / "images" / split_name / img["file_name"]
+            assert placed.read_bytes() == (image_dir / file).read_bytes()  # copied, not re-encoded
+            seen.append(file)
+            rec = records[file]
             anns = coco.loadAnns(coco.getAnnIds(imgIds=[img["id"]]))
             assert len(anns) == len(rec["annotations"]) == 4
             for ann, orig in zip(anns, rec["annotations"], strict=True):
@@ -101,12 +104,15 @@ def test_all_formats_are_written_and_read_back(full_run, image_dir):
                 # the class comes from the ontology; the phrase is the span of its prompt the detector matched
                 prompts = {"person": ["person", "man"], "cup": ["cup", "mug"], "flag": ["flag"]}[name]
                 assert any(orig["phrase"] in p for p in prompts), (orig["phrase"], name)
+                assert ann["attributes"]["phrase"] == orig["phrase"] and ann["iscrowd"] == 0
                 assert np.array_equal(coco.annToMask(ann).astype(bool), decode_rle(orig["segmentation"]))
+                assert ann["bbox"] == dx.mask_box(decode_rle(orig["segmentation"]))
     assert sorted(seen) == sorted(records)
 
-    # YOLO segmentation: data.yaml, images and normalised polygons re-rasterised against the original masks
+    # YOLO segmentation: data.yaml, images and normalised polygons filled as ultralytics fills them
     data = yaml.safe_load((out / "yolo" / "data.yaml").read_text())
     assert data["names"] == {0: "person", 1: "cup", 2: "flag"} and data["val"] == "images/val"
+    assert "path" not in data
     ious = []
     for file, rec in records.items():
         stem = Path(file).stem
@@ -121,13 +127,14 @@ def test_all_formats_are_written_and_read_back(full_run, image_dir):
             xy = np.array(values[1:], float).reshape(-1, 2)
             assert xy.min() >= 0 and xy.max() <= 1
             xy *= [rec["width"], rec["height"]]
-            mask = dx.polygons_to_mask([xy.reshape(-1).tolist()], rec["height"], rec["width"])
+            mask = dx.fill_polygon(xy, rec["height"], rec["width"])
             ious.append(dx.mask_iou(mask, decode_rle(orig["segmentation"])))
     print(f"YOLO polygon round trip: {len(ious)} instances, min IoU {min(ious):.6f}")
     assert len(ious) == 12 and min(ious) >= 0.95
 
-    # VOC-style PNG masks: palette PNGs whose values are the class / instance maps (higher score on top)
-    assert (out / "voc" / "labels.txt").read_text() == "0: background\n1: person\n2: cup\n3: flag\n"
+    # VOC: palette PNGs whose values are the class / instance maps (higher score on top), XML, labelmap
+    labelmap = (out / "voc" / "labelmap.txt").read_text().splitlines()
+    assert [line.split(":")[0] for line in labelmap[1:]] == ["background", "person", "cup", "flag"]
     for file, rec in records.items():
         stem = Path(file).stem
         cls_png = Image.open(out / "voc" / "SegmentationClass" / f"{stem}.png")
@@ -141,8 +148,12 @@ def test_all_formats_are_written_and_read_back(full_run, image_dir):
         assert np.array_equal(np.array(cls_png), expected)
         obj = np.array(Image.open(out / "voc" / "SegmentationObject" / f"{stem}.png"))
         assert set(np.unique(obj)) <= set(range(len(anns) + 1))
-    val_list = (out / "voc" / "ImageSets" / "Segmentation" / "val.txt").read_text().split()
-    assert val_list == [Path(f).stem for f in records if split[f] == "val"]
+        xml = (out / "voc" / "Annotations" / f"{stem}.xml").read_text()
+        assert xml.count("<object>") == len(anns)
+        assert (out / "voc" / "JPEGImages" / Path(file).name).is_file()
+    for task in ("Main", "Segmentation"):
+        val_list = (out / "voc" / "ImageSets" / task / "val.txt").read_text().split()
+        assert val_list == [Path(f).stem for f in records if split[f] == "val"]
 
     report = json.loads((out / "validation.json").read_text())
     assert report["coco"] == {"images": 3, "instances": 12, "min_iou": 1.0, "mean_iou": 1.0}
@@ -151,20 +162,35 @@ def test_all_formats_are_written_and_read_back(full_run, image_dir):
     assert [f["file"] for f in report["failed"]] == ["corrupt.jpg"]
 
 
-def test_polygons_round_trip_through_pycocotools(full_run, image_dir, tiny_gdino, tiny_sam, tmp_path):
+def test_rle_masks_round_trip_through_pycocotools(full_run, image_dir, tiny_gdino, tiny_sam, tmp_path):
     _, full = full_run
-    out = tmp_path / "poly"
+    out = tmp_path / "rle"
     out.mkdir()
     shutil.copyfile(
         full / "manifest.sqlite", out / "manifest.sqlite"
     )  # every image done: only the export runs
-    assert main(_args(image_dir, out, tiny_gdino, tiny_sam, "--polygons", "--val-fraction", "0.34")) == 1
+    args = _args(image_dir, out, tiny_gdino, tiny_sam, "--rle", "--link", "--val-fraction", "0.34")
+    assert main(args) == 1
     report = json.loads((out / "validation.json").read_text())
-    print(f"COCO polygon round trip: {report['coco']}")
-    assert report["coco"]["instances"] == 12 and report["coco"]["min_iou"] >= 0.95
+    assert report["coco"] == {"images": 3, "instances": 12, "min_iou": 1.0, "mean_iou": 1.0}
     ann = json.loads((out / "coco" / "annotations" / "instances_train.json").read_text())["annotations"][0]
-    assert isinstance(ann["segmentation"], list) and all(len(p) >= 6 for p in ann["segmentation"])
+    assert isinstance(ann["segmentation"], dict) and ann["iscrowd"] == 1
+    placed = next((out / "coco" / "images" / "train").iterdir())
+    assert placed.stat().st_ino == (image_dir / placed.name).stat().st_ino  # --link: hard-linked
     assert _manifest_records(out) == _manifest_records(full)
+
+
+def test_label_studio_format(full_run, image_dir, tiny_gdino, tiny_sam, tmp_path):
+    _, full = full_run
+    out = tmp_path / "ls"
+    out.mkdir()
+    shutil.copyfile(full / "manifest.sqlite", out / "manifest.sqlite")
+    args = _args(image_dir, out, tiny_gdino, tiny_sam, "--format", "label-studio", "--val-fraction", "0.34")
+    assert main(args) == 1
+    report = json.loads((out / "validation.json").read_text())
+    assert report["label-studio"] == {"images": 3, "instances": 12, "min_iou": 1.0, "mean_iou": 1.0}
+    tasks = json.loads((out / "label-studio" / "tasks.json").read_text())
+    assert [t["data"]["file"] for t in tasks] == ["astronaut.png", "chelsea.png", "coffee.jpg"]
 
 
 def test_polygon_helpers_keep_holes_and_components():
@@ -173,18 +199,14 @@ def test_polygon_helpers_keep_holes_and_components():
     mask[12:20, 12:20] = False  # a hole
     mask[33:38, 40:48] = True  # a second region
     mask[0, 49] = True  # a single pixel at the border
-    polys = dx.mask_to_polygons(mask)
-    assert len(polys) == 4
     coco = dx.coco_polygons(mask)
-    assert len(coco) == 1  # joined: the hole must stay open
+    assert len(coco) == 3  # one polygon per part, the hole joined to its part's outer ring
     assert dx.mask_iou(dx.polygons_to_mask(coco, 40, 50), mask) == 1.0
-    assert dx.mask_iou(dx.polygons_to_mask([dx.yolo_polygon(polys)], 40, 50), mask) == 1.0
-    # a union of the separate contours would fill the hole
-    assert dx.polygons_to_mask(polys, 40, 50)[15, 15]
-    no_hole = np.zeros((40, 50), bool)
-    no_hole[2:9, 3:7] = no_hole[20:30, 20:40] = True
-    assert len(dx.coco_polygons(no_hole)) == 2
-    assert dx.mask_iou(dx.polygons_to_mask(dx.coco_polygons(no_hole), 40, 50), no_hole) == 1.0
+    yolo = dx.yolo_polygon(mask)
+    filled = dx.fill_polygon(yolo, 40, 50)
+    assert not filled[15, 15] and not (~filled & mask).any()  # the hole stays open, every pixel is in
+    assert (filled & ~mask).sum() <= 60  # the bridges across the background: 1-pixel lines (~37 + 10 px)
+    assert dx.mask_box(mask) == [5.0, 0.0, 45.0, 38.0]
 
 
 def _dataset_bytes(out):

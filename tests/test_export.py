@@ -260,23 +260,49 @@ def test_coco_writer_merges_categories_by_name_and_loads_in_pycocotools(
     anns = doc["annotations"]
     assert [a["id"] for a in anns] == [1, 2, 3, 4]
     assert [(a["image_id"], a["category_id"]) for a in anns] == [(1, 1), (1, 2), (2, 1), (2, 3)]
-    assert all(a["iscrowd"] == 0 for a in anns)  # including the ring with a hole
+    assert all(a["iscrowd"] == 1 for a in anns)  # RLE masks: COCO's crowd form
     assert anns[0]["area"] == int(first.masks[0].sum()) == 60 * 90 - 20 * 50  # type: ignore[index]
     assert anns[2]["bbox"] == [20.0, 10.0, 40.0, 90.0]
     assert isinstance(anns[0]["segmentation"]["counts"], str)
-    assert anns[0]["phrase"] == "a cup" and anns[0]["mask_score"] == 0.75
+    assert anns[0]["attributes"] == {"phrase": "a cup", "mask_score": 0.75} and anns[0]["score"] == 0.9
 
     with contextlib.redirect_stdout(io.StringIO()):
         gt = COCO(str(path))
         np.testing.assert_array_equal(gt.annToMask(gt.anns[1]), first.masks[0].numpy())  # type: ignore[index]
         assert gt.getCatIds(catNms=["cup"]) == [1]
-        results = gt.loadRes(json.loads(json.dumps(anns)))
-        evaluation = COCOeval(gt, results, iouType="segm")
-        evaluation.evaluate()
-        evaluation.accumulate()
-        evaluation.summarize()
+        results = gt.loadRes(json.loads(json.dumps(anns)))  # the top-level score is what loadRes reads
     assert len(results.anns) == 4
-    assert evaluation.stats[0] == pytest.approx(1.0)  # predictions scored against themselves
+
+
+def test_image_json_ids_and_boxes_match_the_coco_dataset(coffee: LoadedImage) -> None:
+    """NAME.json's detections score against the COCO dataset of the same masks: 1-based ids, mask boxes."""
+    from grounded.tasks.datasets import coco_document
+
+    det = _detections(
+        [_rect(coffee.size, 20, 80, 30, 120), _rect(coffee.size, 100, 150, 150, 260)],
+        [0.9, 0.6],
+        [0, 1],
+        ("cup", "saucer"),
+        coffee.size,
+        [[25.0, 15.0, 125.0, 85.0], [140.0, 90.0, 270.0, 160.0]],  # detector boxes looser than the masks
+    )
+    doc = json.loads(json.dumps(image_json(coffee, det)))
+    assert [d["category_id"] for d in doc["detections"]] == [1, 2]
+    assert [d["bbox"] for d in doc["detections"]] == [[30.0, 20.0, 90.0, 60.0], [150.0, 100.0, 110.0, 50.0]]
+    assert doc["detections"][0]["box"] == [25.0, 15.0, 100.0, 70.0]
+    record = {"file": "coffee.png", "height": 200, "width": 300, "annotations": doc["detections"]}
+    gt_doc = coco_document([record], ["cup", "saucer"])
+    results = [dict(d, image_id=1) for d in doc["detections"]]
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO()
+        gt.dataset = gt_doc
+        gt.createIndex()
+        for iou_type in ("segm", "bbox"):
+            evaluation = COCOeval(gt, gt.loadRes(json.loads(json.dumps(results))), iouType=iou_type)
+            evaluation.evaluate()
+            evaluation.accumulate()
+            evaluation.summarize()
+            assert evaluation.stats[0] == pytest.approx(1.0), iou_type
 
 
 def test_coco_writer_box_only_detections_use_box_area() -> None:

@@ -45,6 +45,7 @@ COMMAND_MODULES: list[str] = [
     "grounded.cli.serve",
     "grounded.cli.track",
     "grounded.cli.label_studio",
+    "grounded.cli.convert_dataset",
 ]
 
 #: An error reported as one line, without a traceback (exit code 2); the tasks raise it as ``UserError``.

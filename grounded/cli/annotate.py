@@ -1,4 +1,4 @@
-"""``grounded annotate``: image folders in, labelled datasets out (COCO, YOLO segmentation, VOC PNG masks).
+"""``grounded annotate``: image folders in, labelled datasets out (COCO, YOLO segmentation, Pascal VOC, Label Studio).
 
 The classes come from a fixed ontology (``--classes "person, dog"`` or ``"car: automobile, sedan; person"``)
 or from a tagger (``--tagger blip``: each image's caption's noun phrases). Each image's result is committed to
@@ -17,8 +17,10 @@ from typing import TYPE_CHECKING, Any
 
 from grounded.cli.common import (
     DETECTOR_FLAGS,
+    add_dataset_options,
     add_device_option,
     add_quiet_option,
+    dataset_formats,
     params_from,
     shared_params,
 )
@@ -62,9 +64,11 @@ def add_parser(subparsers: Any) -> None:
         help="tag each image: the noun phrases of its BLIP caption, or its RAM / RAM++ tags",
     )
     p.add_argument(
-        "--format", default="coco", help="comma-separated dataset formats: coco, yolo, voc (default: coco)"
+        "--format",
+        default="coco",
+        help="comma-separated dataset formats: coco, yolo, voc, label-studio (default: coco)",
     )
-    p.add_argument("--polygons", action="store_true", help="COCO: polygons instead of RLE masks")
+    add_dataset_options(p)
     p.add_argument(
         "--val-fraction",
         type=float,
@@ -107,16 +111,6 @@ def add_parser(subparsers: Any) -> None:
     p.set_defaults(handler=handler)
 
 
-def _formats(text: str) -> list[str]:
-    from grounded.tasks.datasets import FORMATS
-
-    formats = [f.strip().lower() for f in text.split(",") if f.strip()]
-    unknown = [f for f in formats if f not in FORMATS]
-    if unknown or not formats:
-        raise UserError(f"--format takes a comma-separated list of {', '.join(FORMATS)}; got {text!r}")
-    return list(dict.fromkeys(formats))
-
-
 def _build(args: argparse.Namespace) -> tuple[Pipeline, Ontology | None]:
     """The pipeline and the ontology (``None`` with a tagger) that the options ask for."""
     from grounded.tasks.annotate import build_annotator
@@ -137,7 +131,7 @@ def handler(args: argparse.Namespace) -> int:
     from grounded.tasks.annotate import collect_images
     from grounded.tasks.annotate_job import annotate
 
-    formats = _formats(args.format)
+    formats = dataset_formats(args.format)
     if args.batch_size < 1 or args.workers < 1:
         raise UserError("--batch-size and --workers must be at least 1")
     if args.ray_actors is not None and args.ray_actors < 1:
@@ -146,6 +140,8 @@ def handler(args: argparse.Namespace) -> int:
         raise UserError("--ray-address and --ray-actors need --engine ray")
     if not 0.0 <= args.val_fraction < 1.0:
         raise UserError("--val-fraction must lie in [0, 1)")
+    if args.rle and args.polygons:
+        raise UserError("--rle and --polygons are two ways to write COCO masks; give one")
     files = collect_images(args.inputs, exclude=args.out)
     if not files:
         raise UserError("no images found in " + ", ".join(map(str, args.inputs)))
@@ -160,7 +156,8 @@ def handler(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         workers=args.workers,
         quiet=args.quiet,
-        polygons=args.polygons,
+        rle=args.rle,
+        link=args.link,
         val_fraction=args.val_fraction,
         ray_address=args.ray_address,
         ray_actors=args.ray_actors,

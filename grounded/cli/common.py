@@ -11,10 +11,12 @@ from grounded.core.errors import UserError
 
 __all__ = [
     "DETECTOR_FLAGS",
+    "add_dataset_options",
     "add_device_option",
     "add_overwrite_option",
     "add_quiet_option",
     "add_set_option",
+    "dataset_formats",
     "params_from",
     "parse_settings",
     "shared_params",
@@ -28,6 +30,42 @@ DETECTOR_FLAGS = (
     ("top_k", "top_k"),
     ("nms_threshold", "nms_threshold"),
 )
+
+
+def add_dataset_options(parser: Any) -> None:
+    """``--rle`` and ``--link`` of the dataset writers (``annotate``, ``convert-dataset``)."""
+    parser.add_argument(
+        "--rle",
+        action="store_true",
+        help="COCO: pixel-exact RLE masks with iscrowd 1, as the COCO format defines RLE (training loaders then "
+        "treat them as crowd regions); default: polygons with iscrowd 0, read by every COCO loader",
+    )
+    parser.add_argument(
+        "--polygons",
+        action="store_true",
+        help="COCO: polygons (the default now; kept for older scripts)",
+    )
+    parser.add_argument(
+        "--link",
+        action="store_true",
+        help="hard-link the images into the datasets instead of copying them (where the file system allows; "
+        "images with an EXIF rotation are always written rotated)",
+    )
+
+
+def dataset_formats(text: str) -> list[str]:
+    """The comma-separated ``--format`` list, checked against the dataset formats."""
+    from grounded.tasks.datasets import FORMATS
+
+    formats = [f.strip().lower() for f in text.split(",") if f.strip()]
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown or not formats:
+        raise UserError(f"--format takes a comma-separated list of {', '.join(FORMATS)}; got {text!r}")
+    if "label-studio" in formats:
+        from grounded.core.label_studio import require_sdk
+
+        require_sdk()
+    return list(dict.fromkeys(formats))
 
 
 def add_device_option(parser: Any) -> None:

@@ -1,4 +1,4 @@
-"""Auto-annotation: image folders in, labelled datasets out (COCO, YOLO segmentation, VOC PNG masks).
+"""Auto-annotation: image folders in, labelled datasets out (COCO, YOLO segmentation, Pascal VOC, Label Studio).
 
 The classes come from a fixed ontology (``"person, dog"`` or ``"car: automobile, sedan; person"``) or from a
 tagger (each image's caption's noun phrases, or its RAM tags). The images run in chunks of the sorted file
@@ -38,6 +38,7 @@ __all__ = [
     "collect_images",
     "commit_outcome",
     "export_datasets",
+    "name_records",
     "pending_chunks",
     "progress_bar",
     "read_image_list",
@@ -352,35 +353,33 @@ def export_datasets(
     files: dict[str, Path],
     ontology: Any,
     formats: Sequence[str],
-    polygons: bool = False,
+    rle: bool = False,
     val_fraction: float = 0.0,
+    link: bool = False,
 ) -> dict[str, Any]:
     """Write and validate every requested format from the manifest; returns the validation summary."""
     from grounded.core.files import atomic_write_text, compact_json
-    from grounded.core.images import unique_names
     from grounded.tasks import datasets as dx
 
     records = [dict(r.result) for r in manifest.rows() if r.status == "done" and r.file in files]
     records.sort(key=lambda r: r["file"])
-    names = unique_names([Path(r["file"]).with_suffix("").as_posix().replace("/", "__") for r in records])
-    for rec, name in zip(records, names, strict=True):
-        rec["name"] = name
+    name_records(records)
     if ontology is not None:
         categories = list(ontology.names)
     else:
         categories = sorted({a["category"] for r in records for a in r["annotations"]})
     assignment = dx.split_files([r["file"] for r in records], val_fraction)
-    report: dict[str, Any] = {}
-    if "coco" in formats:
-        paths = dx.write_coco(out / "coco", records, categories, assignment, polygons=polygons)
-        report["coco"] = dx.validate_coco(paths, records)
-    if "yolo" in formats:
-        dx.write_yolo(out / "yolo", records, categories, assignment, files)
-        report["yolo"] = dx.validate_yolo(out / "yolo", records, categories)
-    if "voc" in formats:
-        dx.write_voc(out / "voc", records, categories, assignment)
-        report["voc"] = dx.validate_voc(out / "voc", records, categories)
+    report = dx.export_records(out, records, categories, formats, files, assignment, rle=rle, link=link)
     errors = manifest.errors()
     report["failed"] = [{"file": f, "error": e} for f, e in errors if f in files]
     atomic_write_text(out / "validation.json", compact_json(report))
     return report
+
+
+def name_records(records: list[dict[str, Any]]) -> None:
+    """Give each record its dataset ``name``: its key without the suffix, ``/`` as ``__``, made unique."""
+    from grounded.core.images import unique_names
+
+    names = unique_names([Path(r["file"]).with_suffix("").as_posix().replace("/", "__") for r in records])
+    for rec, name in zip(records, names, strict=True):
+        rec["name"] = name

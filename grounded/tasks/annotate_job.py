@@ -33,7 +33,8 @@ def annotate(
     batch_size: int = 4,
     workers: int = 2,
     quiet: bool = False,
-    polygons: bool = False,
+    rle: bool = False,
+    link: bool = False,
     val_fraction: float = 0.0,
     ray_address: str | None = None,
     ray_actors: int | None = None,
@@ -74,6 +75,6 @@ def annotate(
                     pipeline, ontology, manifest, files, batch_size=batch_size, workers=workers, quiet=quiet
                 )
             report = export_datasets(
-                out, manifest, files, ontology, formats, polygons=polygons, val_fraction=val_fraction
+                out, manifest, files, ontology, formats, rle=rle, val_fraction=val_fraction, link=link
             )
         return AnnotateRun(committed, resumed, report)

@@ -1,72 +1,130 @@
-"""Dataset exports of ``grounded annotate``: COCO instances, YOLO segmentation, Pascal-VOC-style PNG masks.
+"""Dataset exports: COCO instances, YOLO segmentation, Pascal VOC and Label Studio tasks, each in the layout
+and conventions its reference tool reads.
 
-Every writer reads the per-image results stored in the run manifest (:mod:`grounded.tasks.manifest`), in file
-order, and writes atomically; nothing depends on the order or number of runs that produced them, so an
-interrupted and resumed run writes the same bytes as an uninterrupted one. Each format is validated by reading
-it back (:func:`validate_coco`, :func:`validate_yolo`, :func:`validate_voc`).
+Every writer takes per-image records (``file``, ``name``, ``height``, ``width``, ``annotations``: ``category``,
+``segmentation`` as COCO RLE, ``score``, ``phrase``, optional ``mask_score``) in file order and writes
+atomically, so the same records always give the same bytes (an interrupted and resumed ``grounded annotate``
+writes what an uninterrupted one does). Each format is validated by reading it back.
 
-Polygons come from ``skimage.measure.find_contours`` (OpenCV is not needed; supervision's polygon helpers
-call OpenCV): the 0.5 iso-line of the mask padded by one pixel, so every contour is closed, in pixel-corner
-coordinates (pixel ``(r, c)`` covers ``[c, c+1) x [r, r+1)``, COCO's convention).
+Conventions (decided from the readers' own code; README "Datasets" lists the figures):
+
+- **Images** are copied (hard-linked with ``link=True``) into each dataset, in the orientation the masks were
+  computed in: a file with an EXIF rotation is written rotated (same format, the orientation tag dropped),
+  so ``width``/``height`` match the pixels every reader loads, with or without EXIF handling.
+- **Boxes** are the mask's extent (COCO ``[x, y, w, h]`` of the pixel squares; VOC 1-based inclusive), so an
+  instance has the same box in every format. An instance whose mask is empty is left out of every format.
+- **COCO** (datumaro's layout): ``images/<subset>/`` and ``annotations/instances_<subset>.json``; 1-based
+  category ids. Masks are polygons with ``iscrowd: 0`` (what training loaders, ultralytics' converter and
+  Label Studio's importer read), traced in pycocotools' pixel-corner convention (:mod:`grounded.core.polygons`):
+  one polygon per part, a part's holes joined to its outer ring (pycocotools fills a polygon even-odd, so the
+  hole stays open). ``rle=True`` writes the masks as RLE instead, with ``iscrowd: 1`` as the COCO format
+  defines it (readers then treat them as crowd regions). ``score``, ``mask_score`` and ``phrase`` go in
+  ``attributes`` (datumaro's convention), not as top-level fields.
+- **YOLO segmentation** (ultralytics): ``data.yaml`` without a ``path`` key (ultralytics then takes the folder
+  of ``data.yaml`` as the root, whatever the working directory), ``images/<split>/``, ``labels/<split>/``; one
+  line per instance, vertices at pixel centres (ultralytics and supervision fill them with ``cv2.fillPoly``)
+  plus 1/64 pixel, so that readers that truncate (ultralytics) and that round (supervision) land on the same
+  pixel; the parts and holes of one instance are joined into one polygon by zero-width bridges, as
+  ultralytics' ``merge_multi_segment`` does (a bridge across the background is drawn as a 1-pixel line).
+- **Pascal VOC** (the VOC devkit and datumaro): ``JPEGImages/``, ``Annotations/NAME.xml`` (1-based boxes, and a
+  ``<polygon>`` per object as supervision reads it), ``SegmentationClass/`` and ``SegmentationObject/``
+  palette PNGs, ``ImageSets/Main`` and ``ImageSets/Segmentation`` split lists, ``labelmap.txt`` naming every
+  class (so readers do not fall back to VOC's 20 classes). VOC's PNGs hold one label a pixel: where masks
+  overlap, the higher score wins.
+- **Label Studio**: ``tasks.json`` (tasks with ``predictions``: one brush region a mask, label-studio-sdk's
+  RLE), ``label_config.xml`` and ``images/``; :func:`grounded.core.label_studio.label_studio_regions` makes the
+  regions.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+from xml.etree import ElementTree as ET
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from grounded.core.files import atomic_write_bytes, atomic_write_text, compact_json, temp_path
+from grounded.core.polygons import mask_polygons
 from grounded.core.rle import decode_rle
 
 __all__ = [
     "FORMATS",
+    "YOLO_OFFSET",
     "coco_polygons",
+    "export_records",
+    "mask_box",
     "mask_iou",
-    "mask_to_polygons",
+    "place_image",
     "polygons_to_mask",
+    "rle_box",
     "split_files",
     "validate_coco",
+    "validate_label_studio",
     "validate_voc",
     "validate_yolo",
+    "voc_palette",
     "write_coco",
+    "write_label_studio",
     "write_voc",
     "write_yolo",
     "yolo_polygon",
 ]
 
-FORMATS = ("coco", "yolo", "voc")
+FORMATS = ("coco", "yolo", "voc", "label-studio")
 Record = Mapping[str, Any]  # one image: file, name, height, width, annotations [...]
+#: added to YOLO vertices (in pixels): truncating and rounding readers both land on the vertex's pixel
+YOLO_OFFSET = 1 / 64
+_ATTRIBUTES = ("score", "mask_score", "phrase")
 
 
 # ---------------------------------------------------------------------- geometry
-def mask_to_polygons(mask: np.ndarray, tolerance: float = 0.0) -> list[list[float]]:
-    """Closed contours of a boolean mask as flat ``[x0, y0, x1, y1, ...]`` lists (outer and hole contours).
+def coco_polygons(mask: np.ndarray) -> list[list[float]]:
+    """COCO ``segmentation`` polygons of a mask (pixel-corner convention, one polygon per part with its holes
+    joined in), as flat ``[x0, y0, x1, y1, ...]`` lists; a part of fewer than 3 vertices is padded by
+    repeating its vertices (pycocotools fills it all the same)."""
+    out = []
+    for poly in mask_polygons(mask, "corner", join="holes"):
+        flat = [round(float(v), 2) for v in poly.reshape(-1)]
+        while len(flat) < 6:
+            flat += flat[:2]
+        out.append(flat)
+    return out
 
-    ``tolerance`` > 0 simplifies each contour (Douglas-Peucker, in pixels). Contours of fewer than 3 points
-    are dropped.
-    """
-    from skimage.measure import approximate_polygon, find_contours
 
-    padded = np.pad(np.asarray(mask, dtype=np.uint8), 1)
-    polygons = []
-    for contour in find_contours(padded, 0.5):
-        if tolerance > 0:
-            contour = approximate_polygon(contour, tolerance)
-        if len(contour) > 1 and np.array_equal(contour[0], contour[-1]):
-            contour = contour[:-1]
-        if len(contour) < 3:
-            continue
-        # padded (row, col) of the iso-line between pixel centres → corner coordinates of the original image
-        xy = np.stack([contour[:, 1] - 0.5, contour[:, 0] - 0.5], axis=1)
-        polygons.append([round(float(v), 2) for v in xy.reshape(-1)])
-    return polygons
+def yolo_polygon(mask: np.ndarray) -> np.ndarray:
+    """The ``(N, 2)`` YOLO polygon of a mask: every part and hole joined, pixel-centre vertices."""
+    polys = mask_polygons(mask, "centre", join="all")
+    return polys[0] if polys else np.zeros((0, 2))
+
+
+def mask_box(mask: np.ndarray) -> list[float]:
+    """``[x, y, w, h]`` of the pixel squares a mask covers (COCO's box of the mask)."""
+    rows = np.flatnonzero(mask.any(axis=1))
+    cols = np.flatnonzero(mask.any(axis=0))
+    if rows.size == 0:
+        return [0.0, 0.0, 0.0, 0.0]
+    return [float(cols[0]), float(rows[0]), float(cols[-1] + 1 - cols[0]), float(rows[-1] + 1 - rows[0])]
+
+
+def rle_box(rle: Mapping[str, Any]) -> list[float]:
+    """:func:`mask_box` of a COCO RLE, without decoding it (pycocotools' ``toBbox``)."""
+    from pycocotools import mask as mask_utils
+
+    counts = rle["counts"]
+    encoded = {
+        "size": list(rle["size"]),
+        "counts": counts.encode("ascii") if isinstance(counts, str) else counts,
+    }
+    if isinstance(counts, list):
+        encoded = mask_utils.frPyObjects(encoded, *rle["size"])
+    return [float(v) for v in mask_utils.toBbox(encoded)]
 
 
 def polygons_to_mask(polygons: Sequence[Sequence[float]], height: int, width: int) -> np.ndarray:
@@ -79,37 +137,15 @@ def polygons_to_mask(polygons: Sequence[Sequence[float]], height: int, width: in
     return mask_utils.decode(mask_utils.merge(rles)).astype(bool)
 
 
-def yolo_polygon(polygons: Sequence[Sequence[float]]) -> list[float]:
-    """Several contours as one polygon, joined by zero-width bridges to the first contour's start.
+def fill_polygon(polygon: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Fill one ``(N, 2)`` pixel-centre polygon as ultralytics' ``polygon2mask`` does (``cv2.fillPoly`` of the
+    truncated vertices)."""
+    import cv2
 
-    Each bridge is walked out and back, so under the even-odd rule the joined polygon covers exactly the
-    contours' XOR: the outer regions, with their holes left open.
-    """
-    if not polygons:
-        return []
-    first = list(polygons[0])
-    out = [*first, first[0], first[1]]
-    for poly in polygons[1:]:
-        out += [*poly, poly[0], poly[1], first[0], first[1]]
-    return out
-
-
-def _signed_area(polygon: Sequence[float]) -> float:
-    xy = np.asarray(polygon, dtype=np.float64).reshape(-1, 2)
-    x, y = xy[:, 0], xy[:, 1]
-    return float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))) / 2
-
-
-def coco_polygons(mask: np.ndarray, tolerance: float = 0.0) -> list[list[float]]:
-    """COCO ``segmentation`` polygons of a mask: one polygon per region when the mask has no hole; with holes,
-    one polygon of all contours joined by :func:`yolo_polygon` (``pycocotools`` fills a polygon by the
-    even-odd rule, so the holes stay open, whereas a list of polygons is filled as their union)."""
-    polygons = mask_to_polygons(mask, tolerance)
-    if len(polygons) > 1:
-        signs = {_signed_area(p) > 0 for p in polygons}
-        if len(signs) > 1:  # outer contours and holes run in opposite directions
-            return [yolo_polygon(polygons)]
-    return polygons
+    out = np.zeros((height, width), dtype=np.uint8)
+    if len(polygon):
+        cv2.fillPoly(out, [np.asarray(polygon, dtype=np.float64).astype(np.int32)], 1)
+    return out.astype(bool)
 
 
 def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -117,7 +153,7 @@ def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
 
 
-# ---------------------------------------------------------------------- splits
+# ---------------------------------------------------------------------- splits and records
 def split_files(files: Sequence[str], val_fraction: float) -> dict[str, str]:
     """File → ``"train"`` or ``"val"``: the ``round(val_fraction * n)`` files with the smallest content-free
     hash of their name are ``val``, so the split depends only on the set of files."""
@@ -130,47 +166,102 @@ def split_files(files: Sequence[str], val_fraction: float) -> dict[str, str]:
 
 
 def _splits(assignment: Mapping[str, str]) -> list[str]:
-    return [s for s in ("train", "val") if s in assignment.values()] or ["train"]
+    found = set(assignment.values())
+    return [s for s in ("train", "val") if s in found] + sorted(found - {"train", "val"}) or ["train"]
 
 
-def _masks(record: Record) -> list[np.ndarray]:
-    return [decode_rle(a["segmentation"]) for a in record["annotations"]]
+def _instances(record: Record) -> list[tuple[Mapping[str, Any], np.ndarray]]:
+    """``(annotation, mask)`` of every annotation whose mask has a pixel, in record order."""
+    out = []
+    for ann in record["annotations"]:
+        mask = decode_rle(ann["segmentation"])
+        if mask.any():
+            out.append((ann, mask))
+    return out
+
+
+def _image_name(record: Record, source: Path) -> str:
+    return f"{record['name']}{source.suffix.lower()}"
+
+
+# ---------------------------------------------------------------------- images
+def _orientation(source: Path) -> int:
+    try:
+        with Image.open(source) as im:
+            return int(im.getexif().get(0x0112, 1) or 1)
+    except Exception:  # not readable here: copied as it is
+        return 1
+
+
+def place_image(source: Path, target: Path, link: bool = False) -> None:
+    """Put ``source`` at ``target`` in its displayed orientation: a copy (a hard link with ``link``, where the
+    file system allows) when it has no EXIF rotation, else the rotated pixels in the same format."""
+    source, target = Path(source), Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if _orientation(source) == 1:
+        if target.exists() and target.stat().st_size == source.stat().st_size:
+            return
+        tmp = temp_path(target.parent)
+        try:
+            try:
+                if not link:
+                    raise OSError("copy")
+                os.link(source, tmp)
+            except OSError:
+                shutil.copyfile(source, tmp)
+            os.replace(tmp, target)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return
+    with Image.open(source) as im:
+        fmt = im.format or "PNG"
+        rotated = ImageOps.exif_transpose(im)
+        exif = rotated.getexif()
+        exif.pop(0x0112, None)
+        buffer = io.BytesIO()
+        options: dict[str, Any] = {"exif": exif.tobytes()}
+        if fmt == "JPEG":
+            options.update(quality=95, subsampling=0)
+            if rotated.mode not in ("RGB", "L", "CMYK"):
+                rotated = rotated.convert("RGB")
+        rotated.save(buffer, format=fmt, **options)
+    atomic_write_bytes(target, buffer.getvalue())
 
 
 # ---------------------------------------------------------------------- COCO
-def _coco_doc(
-    records: Sequence[Record], categories: Sequence[str], polygons: bool, tolerance: float
+def coco_document(
+    records: Sequence[Record],
+    categories: Sequence[str],
+    file_names: Sequence[str] | None = None,
+    rle: bool = False,
 ) -> dict[str, Any]:
+    """The COCO instances document of ``records`` (``file_names``: each image's ``file_name``, default its
+    ``file``)."""
     cat_ids = {name: i + 1 for i, name in enumerate(categories)}
     images: list[dict[str, Any]] = []
     annotations: list[dict[str, Any]] = []
     for image_id, rec in enumerate(records, start=1):
-        images.append(
-            {"id": image_id, "file_name": rec["file"], "height": rec["height"], "width": rec["width"]}
-        )
-        for ann in rec["annotations"]:
+        name = file_names[image_id - 1] if file_names is not None else rec["file"]
+        images.append({"id": image_id, "file_name": name, "height": rec["height"], "width": rec["width"]})
+        for ann, mask in _instances(rec):
             out: dict[str, Any] = {
                 "id": len(annotations) + 1,
                 "image_id": image_id,
                 "category_id": cat_ids[ann["category"]],
-                "bbox": ann["bbox"],
-                "area": ann["area"],
-                "iscrowd": 0,
-                "score": ann["score"],
+                "segmentation": ann["segmentation"] if rle else coco_polygons(mask),
+                "area": int(mask.sum()),
+                "bbox": mask_box(mask),
+                "iscrowd": 1 if rle else 0,
+                "attributes": {k: ann[k] for k in _ATTRIBUTES if k in ann},
             }
-            if polygons:
-                out["segmentation"] = coco_polygons(decode_rle(ann["segmentation"]), tolerance)
-            else:
-                out["segmentation"] = ann["segmentation"]
-            for key in ("mask_score", "phrase"):
-                if key in ann:
-                    out[key] = ann[key]
             annotations.append(out)
     return {
-        "info": {"description": "written by grounded annotate", "version": "1.0"},
+        "info": {"description": "written by grounded", "version": "1.0"},
+        "licenses": [],
         "images": images,
         "annotations": annotations,
-        "categories": [{"id": cat_ids[name], "name": name, "supercategory": "object"} for name in categories],
+        "categories": [{"id": cat_ids[name], "name": name, "supercategory": ""} for name in categories],
     }
 
 
@@ -179,45 +270,53 @@ def write_coco(
     records: Sequence[Record],
     categories: Sequence[str],
     assignment: Mapping[str, str],
-    polygons: bool = False,
-    tolerance: float = 0.0,
+    sources: Mapping[str, Path],
+    rle: bool = False,
+    link: bool = False,
 ) -> list[Path]:
-    """``annotations/instances_<split>.json`` per split (RLE masks, or polygons with ``polygons=True``)."""
+    """``images/<split>/NAME.ext`` and ``annotations/instances_<split>.json`` per split (polygons, or RLE with
+    ``rle=True``)."""
+    out_dir = Path(out_dir)
     written = []
     for split in _splits(assignment):
         part = [r for r in records if assignment[r["file"]] == split]
-        path = Path(out_dir) / "annotations" / f"instances_{split}.json"
+        names = [_image_name(r, Path(sources[r["file"]])) for r in part]
+        for rec, name in zip(part, names, strict=True):
+            place_image(sources[rec["file"]], out_dir / "images" / split / name, link)
+        path = out_dir / "annotations" / f"instances_{split}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(path, compact_json(_coco_doc(part, categories, polygons, tolerance)))
+        atomic_write_text(path, compact_json(coco_document(part, categories, names, rle)))
         written.append(path)
     return written
 
 
 def validate_coco(paths: Sequence[Path], records: Sequence[Record]) -> dict[str, Any]:
-    """Load each file with ``pycocotools`` and compare every annotation's mask with the original.
-
-    Returns counts and the minimum and mean mask IoU (1.0 for RLE, which must match exactly).
-    """
+    """Load each file with ``pycocotools``, check that its images exist with the recorded size, and compare
+    every annotation's mask with the original; returns counts and the minimum and mean mask IoU."""
     import contextlib
-    import io
 
     from pycocotools.coco import COCO
 
-    by_file = {r["file"]: r for r in records}
+    by_name = {r["name"]: r for r in records}
     ious: list[float] = []
     n_images = 0
     for path in paths:
         with contextlib.redirect_stdout(io.StringIO()):
             coco = COCO(str(path))
+        folder = Path(path).parent.parent / "images" / Path(path).stem.split("_", 1)[1]
         for image_id, info in coco.imgs.items():
             n_images += 1
-            rec = by_file[info["file_name"]]
+            rec = by_name[Path(info["file_name"]).stem]
+            with Image.open(folder / info["file_name"]) as im:
+                if im.size != (rec["width"], rec["height"]):
+                    raise ValueError(f"{folder / info['file_name']}: {im.size}, expected the recorded size")
             anns = coco.loadAnns(coco.getAnnIds(imgIds=[image_id]))
-            if len(anns) != len(rec["annotations"]):
+            kept = _instances(rec)
+            if len(anns) != len(kept):
                 raise ValueError(
-                    f"{path}: {info['file_name']} has {len(anns)} annotations, expected {len(rec['annotations'])}"
+                    f"{path}: {info['file_name']} has {len(anns)} annotations, expected {len(kept)}"
                 )
-            for ann, original in zip(anns, _masks(rec), strict=True):
+            for ann, (_, original) in zip(anns, kept, strict=True):
                 ious.append(mask_iou(coco.annToMask(ann).astype(bool), original))
     return _summary(n_images, ious)
 
@@ -232,21 +331,10 @@ def _summary(n_images: int, ious: Sequence[float]) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------- YOLO segmentation
-def _place_image(source: Path, target: Path) -> None:
-    """Hard-link (or copy) an image into the dataset; an existing file of the same size is kept."""
-    if target.exists() and target.stat().st_size == source.stat().st_size:
-        return
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_path(target.parent)  # a short name, whatever the target's
-    try:
-        try:
-            os.link(source, tmp)
-        except OSError:
-            shutil.copyfile(source, tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+def _yolo_line(class_id: int, polygon: np.ndarray, height: int, width: int) -> str:
+    xy = (np.asarray(polygon, dtype=np.float64) + YOLO_OFFSET) / np.array([width, height])
+    values = np.clip(xy, 0.0, 1.0).reshape(-1).tolist()
+    return f"{class_id} " + ("%.6f " * len(values))[:-1] % tuple(values)
 
 
 def write_yolo(
@@ -255,13 +343,10 @@ def write_yolo(
     categories: Sequence[str],
     assignment: Mapping[str, str],
     sources: Mapping[str, Path],
-    tolerance: float = 0.0,
+    link: bool = False,
 ) -> list[Path]:
-    """``data.yaml``, ``images/<split>/`` (hard links or copies) and ``labels/<split>/NAME.txt``.
-
-    One line per instance: ``class x1 y1 x2 y2 ...`` normalised to ``[0, 1]``; an instance of several
-    contours is joined into one polygon (:func:`yolo_polygon`). Class ids are 0-based.
-    """
+    """``data.yaml``, ``images/<split>/`` and ``labels/<split>/NAME.txt`` (one line per instance:
+    ``class x1 y1 x2 y2 ...`` normalised to ``[0, 1]``, 0-based class ids)."""
     from grounded.core.safe_yaml import dump_yaml
 
     out_dir = Path(out_dir)
@@ -269,37 +354,34 @@ def write_yolo(
     written = []
     for rec in records:
         split = assignment[rec["file"]]
-        source = sources[rec["file"]]
-        _place_image(source, out_dir / "images" / split / f"{rec['name']}{source.suffix.lower()}")
+        source = Path(sources[rec["file"]])
+        place_image(source, out_dir / "images" / split / _image_name(rec, source), link)
         h, w = rec["height"], rec["width"]
-        lines = []
-        for ann, mask in zip(rec["annotations"], _masks(rec), strict=True):
-            poly = yolo_polygon(mask_to_polygons(mask, tolerance))
-            if not poly:
-                continue
-            xy = np.asarray(poly, dtype=np.float64).reshape(-1, 2) / np.array([w, h])
-            coords = " ".join(f"{v:.6f}" for v in np.clip(xy, 0.0, 1.0).reshape(-1))
-            lines.append(f"{cls_ids[ann['category']]} {coords}")
+        lines = [
+            _yolo_line(cls_ids[ann["category"]], yolo_polygon(mask), h, w) for ann, mask in _instances(rec)
+        ]
         path = out_dir / "labels" / split / f"{rec['name']}.txt"
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, "".join(line + "\n" for line in lines))
         written.append(path)
     splits = _splits(assignment)
     data = {
-        "path": ".",
-        "train": "images/train",
-        "val": "images/val" if "val" in splits else "images/train",
+        "train": "images/train" if "train" in splits else f"images/{splits[0]}",
+        "val": "images/val"
+        if "val" in splits
+        else ("images/train" if "train" in splits else f"images/{splits[0]}"),
         "nc": len(categories),
         "names": {i: name for i, name in enumerate(categories)},
     }
-    (out_dir / "images" / "train").mkdir(parents=True, exist_ok=True)
+    for split in splits:
+        (out_dir / "images" / split).mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_dir / "data.yaml", dump_yaml(data, allow_unicode=True))
     return [out_dir / "data.yaml", *written]
 
 
 def validate_yolo(out_dir: Path, records: Sequence[Record], categories: Sequence[str]) -> dict[str, Any]:
-    """Read ``data.yaml`` and every label file back, re-rasterise each polygon (even-odd) and compare it with
-    the original mask; an instance whose mask had no contour must be absent."""
+    """Read ``data.yaml`` and every label file back, fill each polygon as ultralytics does and compare it with
+    the original mask."""
     from grounded.core.safe_yaml import read_yaml
 
     out_dir = Path(out_dir)
@@ -312,7 +394,7 @@ def validate_yolo(out_dir: Path, records: Sequence[Record], categories: Sequence
         if len(matches) != 1:
             raise ValueError(f"{rec['name']}: expected one label file, found {len(matches)}")
         lines = matches[0].read_text().splitlines()
-        kept = [(a, m) for a, m in zip(rec["annotations"], _masks(rec), strict=True) if m.any()]
+        kept = _instances(rec)
         if len(lines) != len(kept):
             raise ValueError(f"{matches[0]}: {len(lines)} lines, expected {len(kept)}")
         h, w = rec["height"], rec["width"]
@@ -321,11 +403,11 @@ def validate_yolo(out_dir: Path, records: Sequence[Record], categories: Sequence
             if data["names"][int(values[0])] != ann["category"]:
                 raise ValueError(f"{matches[0]}: class {values[0]} is not {ann['category']!r}")
             xy = np.asarray(values[1:], dtype=np.float64).reshape(-1, 2) * np.array([w, h])
-            ious.append(mask_iou(polygons_to_mask([xy.reshape(-1).tolist()], h, w), mask))
+            ious.append(mask_iou(fill_polygon(xy, h, w), mask))
     return _summary(len(records), ious)
 
 
-# ---------------------------------------------------------------------- Pascal VOC style PNG masks
+# ---------------------------------------------------------------------- Pascal VOC
 def voc_palette() -> list[int]:
     """The Pascal VOC colour map (256 RGB entries, flattened)."""
     palette = []
@@ -341,29 +423,23 @@ def voc_palette() -> list[int]:
     return palette
 
 
-def _paint(record: Record, values: Sequence[int]) -> np.ndarray:
-    """uint8 image: instance ``i``'s pixels get ``values[i]``; higher scores on top (ties: earlier first)."""
-    out = np.zeros((record["height"], record["width"]), dtype=np.uint8)
-    scores = [a["score"] for a in record["annotations"]]
-    masks = _masks(record)
-    for i in sorted(range(len(masks)), key=lambda i: (scores[i], -i)):
-        out[masks[i]] = values[i]
-    return out
-
-
-def _voc_images(record: Record, categories: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+def _voc_maps(record: Record, categories: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The class and object index maps: instance ``i`` of the kept instances (by descending score) is object
+    ``i + 1``; higher scores are painted on top (ties: the earlier instance). Instances beyond 254 (VOC's
+    8-bit object PNG; 255 is "void") are left out of the object map."""
     cls_ids = {name: i + 1 for i, name in enumerate(categories)}
-    anns = record["annotations"]
-    # instances beyond 254 (VOC's 8-bit object PNG; 255 is the "void" value) are left out of the object map
-    order = sorted(range(len(anns)), key=lambda i: (-anns[i]["score"], i))
-    rank = {i: r for r, i in enumerate(order)}
-    objects = [rank[i] + 1 if rank[i] < 254 else 0 for i in range(len(anns))]
-    return _paint(record, [cls_ids[a["category"]] for a in anns]), _paint(record, objects)
+    kept = _instances(record)
+    order = sorted(range(len(kept)), key=lambda i: (-kept[i][0]["score"], i))
+    class_map = np.zeros((record["height"], record["width"]), dtype=np.uint8)
+    object_map = np.zeros_like(class_map)
+    for rank, i in reversed(list(enumerate(order))):
+        ann, mask = kept[i]
+        class_map[mask] = cls_ids[ann["category"]]
+        object_map[mask] = rank + 1 if rank < 254 else 0
+    return class_map, object_map
 
 
 def _palette_png(values: np.ndarray, palette: list[int]) -> bytes:
-    import io
-
     image = Image.fromarray(values, mode="L").convert("P")
     image.putpalette(palette)
     buffer = io.BytesIO()
@@ -371,51 +447,199 @@ def _palette_png(values: np.ndarray, palette: list[int]) -> bytes:
     return buffer.getvalue()
 
 
+def _voc_xml(record: Record, file_name: str) -> bytes:
+    """``Annotations/NAME.xml``: one object per kept instance, by descending score (the object map's order),
+    its box 1-based inclusive and its mask as one ``<polygon>`` (pixel centres, 1-based)."""
+    root = ET.Element("annotation")
+    ET.SubElement(root, "folder").text = "JPEGImages"
+    ET.SubElement(root, "filename").text = file_name
+    size = ET.SubElement(root, "size")
+    for tag, value in (("width", record["width"]), ("height", record["height"]), ("depth", 3)):
+        ET.SubElement(size, tag).text = str(value)
+    ET.SubElement(root, "segmented").text = "1"
+    kept = _instances(record)
+    for i in sorted(range(len(kept)), key=lambda i: (-kept[i][0]["score"], i)):
+        ann, mask = kept[i]
+        obj = ET.SubElement(root, "object")
+        ET.SubElement(obj, "name").text = ann["category"]
+        ET.SubElement(obj, "pose").text = "Unspecified"
+        ET.SubElement(obj, "truncated").text = "0"
+        ET.SubElement(obj, "difficult").text = "0"
+        x, y, w, h = (int(v) for v in mask_box(mask))
+        box = ET.SubElement(obj, "bndbox")
+        for tag, value in (("xmin", x + 1), ("ymin", y + 1), ("xmax", x + w), ("ymax", y + h)):
+            ET.SubElement(box, tag).text = str(value)
+        polygon = ET.SubElement(obj, "polygon")
+        for k, (px, py) in enumerate(yolo_polygon(mask).tolist(), start=1):
+            ET.SubElement(polygon, f"x{k}").text = f"{px + 1:g}"
+            ET.SubElement(polygon, f"y{k}").text = f"{py + 1:g}"
+    ET.indent(root)
+    return ET.tostring(root, encoding="utf-8", xml_declaration=False) + b"\n"
+
+
 def write_voc(
-    out_dir: Path, records: Sequence[Record], categories: Sequence[str], assignment: Mapping[str, str]
+    out_dir: Path,
+    records: Sequence[Record],
+    categories: Sequence[str],
+    assignment: Mapping[str, str],
+    sources: Mapping[str, Path],
+    link: bool = False,
 ) -> list[Path]:
-    """``SegmentationClass/NAME.png`` (class index, 0 background), ``SegmentationObject/NAME.png`` (instance
-    index by descending score), both 8-bit palette PNGs with the VOC colour map; ``ImageSets/Segmentation/
-    <split>.txt`` and ``labels.txt`` (index: name)."""
+    """The VOC layout: ``JPEGImages/``, ``Annotations/``, ``SegmentationClass/``, ``SegmentationObject/``,
+    ``ImageSets/{Main,Segmentation}/<split>.txt`` and ``labelmap.txt``."""
     if len(categories) > 254:
         raise ValueError(f"VOC class PNGs hold at most 254 classes, got {len(categories)}")
     out_dir = Path(out_dir)
     palette = voc_palette()
     written = []
-    for folder in ("SegmentationClass", "SegmentationObject", "ImageSets/Segmentation"):
+    for folder in ("JPEGImages", "Annotations", "SegmentationClass", "SegmentationObject"):
         (out_dir / folder).mkdir(parents=True, exist_ok=True)
     for rec in records:
-        class_map, object_map = _voc_images(rec, categories)
+        source = Path(sources[rec["file"]])
+        name = _image_name(rec, source)
+        place_image(source, out_dir / "JPEGImages" / name, link)
+        atomic_write_bytes(out_dir / "Annotations" / f"{rec['name']}.xml", _voc_xml(rec, name))
+        class_map, object_map = _voc_maps(rec, categories)
         for folder, values in (("SegmentationClass", class_map), ("SegmentationObject", object_map)):
             path = out_dir / folder / f"{rec['name']}.png"
             atomic_write_bytes(path, _palette_png(values, palette))
             written.append(path)
-    for split in _splits(assignment):
-        names = [r["name"] for r in records if assignment[r["file"]] == split]
-        path = out_dir / "ImageSets" / "Segmentation" / f"{split}.txt"
-        atomic_write_text(path, "".join(n + "\n" for n in names))
-        written.append(path)
-    labels = ["0: background", *(f"{i}: {name}" for i, name in enumerate(categories, start=1))]
-    atomic_write_text(out_dir / "labels.txt", "\n".join(labels) + "\n")
-    return [out_dir / "labels.txt", *written]
+    for task in ("Main", "Segmentation"):
+        (out_dir / "ImageSets" / task).mkdir(parents=True, exist_ok=True)
+        for split in _splits(assignment):
+            names = [r["name"] for r in records if assignment[r["file"]] == split]
+            path = out_dir / "ImageSets" / task / f"{split}.txt"
+            atomic_write_text(path, "".join(n + "\n" for n in names))
+            written.append(path)
+    lines = ["# label:color_rgb:parts:actions"]
+    for i, name in enumerate(["background", *categories]):
+        r, g, b = palette[3 * i : 3 * i + 3]
+        lines.append(f"{name}:{r},{g},{b}::")
+    atomic_write_text(out_dir / "labelmap.txt", "\n".join(lines) + "\n")
+    return [out_dir / "labelmap.txt", *written]
 
 
 def validate_voc(out_dir: Path, records: Sequence[Record], categories: Sequence[str]) -> dict[str, Any]:
-    """Read every PNG back: its pixel values must equal the class and object maps rebuilt from the masks."""
+    """Read every PNG and XML back: pixel values equal the class and object maps rebuilt from the masks, every
+    XML names its objects' classes."""
     out_dir = Path(out_dir)
     n = 0
     for rec in records:
-        class_map, object_map = _voc_images(rec, categories)
+        class_map, object_map = _voc_maps(rec, categories)
         for folder, expected in (("SegmentationClass", class_map), ("SegmentationObject", object_map)):
             with Image.open(out_dir / folder / f"{rec['name']}.png") as im:
                 if im.mode != "P" or not np.array_equal(np.array(im), expected):
                     raise ValueError(f"{out_dir / folder / rec['name']}.png does not match the masks")
+        names = [
+            o.findtext("name")
+            for o in ET.parse(out_dir / "Annotations" / f"{rec['name']}.xml").iter("object")
+        ]
+        kept = _instances(rec)
+        expected_names = [
+            kept[i][0]["category"] for i in sorted(range(len(kept)), key=lambda i: (-kept[i][0]["score"], i))
+        ]
+        if names != expected_names:
+            raise ValueError(
+                f"{out_dir / 'Annotations' / rec['name']}.xml: objects {names}, expected {expected_names}"
+            )
         n += 1
-    listed = {
-        line
-        for p in (out_dir / "ImageSets" / "Segmentation").glob("*.txt")
-        for line in p.read_text().splitlines()
-    }
-    if listed != {r["name"] for r in records}:
-        raise ValueError(f"{out_dir}/ImageSets/Segmentation lists other images than the dataset's")
-    return {"images": n, "instances": sum(len(r["annotations"]) for r in records), "exact": True}
+    for task in ("Main", "Segmentation"):
+        listed = {
+            line for p in (out_dir / "ImageSets" / task).glob("*.txt") for line in p.read_text().splitlines()
+        }
+        if listed != {r["name"] for r in records}:
+            raise ValueError(f"{out_dir}/ImageSets/{task} lists other images than the dataset's")
+    return {"images": n, "instances": sum(len(_instances(r)) for r in records), "exact": True}
+
+
+# ---------------------------------------------------------------------- Label Studio
+def write_label_studio(
+    out_dir: Path,
+    records: Sequence[Record],
+    categories: Sequence[str],
+    sources: Mapping[str, Path],
+    link: bool = False,
+    image_root: str = "/data/local-files/?d=images/",
+) -> list[Path]:
+    """``images/``, ``tasks.json`` (one task a image, its masks as brush predictions) and
+    ``label_config.xml``. ``image_root`` prefixes each image's file name in ``data.image`` (the default suits
+    Label Studio's local-files storage with this folder as the document root)."""
+    from grounded.core.label_studio import label_config, label_studio_regions
+
+    out_dir = Path(out_dir)
+    tasks = []
+    for rec in records:
+        source = Path(sources[rec["file"]])
+        name = _image_name(rec, source)
+        place_image(source, out_dir / "images" / name, link)
+        kept = _instances(rec)
+        regions = label_studio_regions(
+            [a for a, _ in kept], rec["height"], rec["width"], masks=[m for _, m in kept]
+        )
+        scores = [float(a["score"]) for a, _ in kept]
+        tasks.append(
+            {
+                "data": {"image": f"{image_root}{name}", "file": rec["file"]},
+                "predictions": [
+                    {
+                        "model_version": "grounded",
+                        "score": round(float(np.mean(scores)), 6) if scores else 0.0,
+                        "result": regions,
+                    }
+                ],
+            }
+        )
+    atomic_write_text(out_dir / "tasks.json", compact_json(tasks))
+    atomic_write_text(out_dir / "label_config.xml", label_config(categories))
+    return [out_dir / "tasks.json", out_dir / "label_config.xml"]
+
+
+def validate_label_studio(out_dir: Path, records: Sequence[Record]) -> dict[str, Any]:
+    """Decode every brush region of ``tasks.json`` back (label-studio-sdk's decoder) and compare it with the
+    original mask."""
+    import json
+
+    from grounded.core.label_studio import region_mask
+
+    tasks = json.loads((Path(out_dir) / "tasks.json").read_text())
+    ious: list[float] = []
+    for task, rec in zip(tasks, records, strict=True):
+        regions = task["predictions"][0]["result"]
+        kept = _instances(rec)
+        if len(regions) != len(kept):
+            raise ValueError(f"tasks.json: {rec['file']} has {len(regions)} regions, expected {len(kept)}")
+        for region, (ann, mask) in zip(regions, kept, strict=True):
+            if region["value"]["brushlabels"] != [ann["category"]]:
+                raise ValueError(f"tasks.json: {rec['file']}: label {region['value']['brushlabels']}")
+            ious.append(mask_iou(region_mask(region), mask))
+    return _summary(len(tasks), ious)
+
+
+# ---------------------------------------------------------------------- all formats
+def export_records(
+    out: Path,
+    records: Sequence[Record],
+    categories: Sequence[str],
+    formats: Sequence[str],
+    sources: Mapping[str, Path],
+    assignment: Mapping[str, str] | None = None,
+    *,
+    rle: bool = False,
+    link: bool = False,
+) -> dict[str, Any]:
+    """Write and validate each of ``formats`` into ``out/<format>/``; returns each one's validation summary."""
+    assignment = assignment or {r["file"]: "train" for r in records}
+    report: dict[str, Any] = {}
+    if "coco" in formats:
+        paths = write_coco(out / "coco", records, categories, assignment, sources, rle=rle, link=link)
+        report["coco"] = validate_coco(paths, records)
+    if "yolo" in formats:
+        write_yolo(out / "yolo", records, categories, assignment, sources, link=link)
+        report["yolo"] = validate_yolo(out / "yolo", records, categories)
+    if "voc" in formats:
+        write_voc(out / "voc", records, categories, assignment, sources, link=link)
+        report["voc"] = validate_voc(out / "voc", records, categories)
+    if "label-studio" in formats:
+        write_label_studio(out / "label-studio", records, categories, sources, link=link)
+        report["label-studio"] = validate_label_studio(out / "label-studio", records)
+    return report

@@ -145,14 +145,30 @@ def _file_name(image: LoadedImage) -> str:
 
 
 def image_json(image: LoadedImage, det: Detections) -> dict[str, Any]:
-    """The JSON document of one image: image info, the prompt's classes and COCO-style detection records."""
+    """The JSON document of one image: image info, the prompt's classes and COCO-style detection records.
+
+    ``category_id`` is 1-based (the class's index in ``classes`` plus one), as in the COCO files; ``bbox`` is
+    the mask's extent where there is a mask (``box``: the detector's box), as in every dataset export.
+    """
     _check_size(image, det)
     height, width = image.size
     return {
         "image": {"file_name": _file_name(image), "height": height, "width": width},
         "classes": list(det.classes),
-        "detections": det.to_coco_records(),
+        "detections": [_result_record(r) for r in det.to_coco_records()],
     }
+
+
+def _result_record(record: dict[str, Any]) -> dict[str, Any]:
+    """A detection record with the 1-based category id and the mask's box (the detector's box kept as
+    ``box``)."""
+    from grounded.tasks.datasets import rle_box
+
+    out = dict(record, category_id=record["category_id"] + 1)
+    if "segmentation" in record:
+        out["box"] = record["bbox"]
+        out["bbox"] = rle_box(record["segmentation"])
+    return out
 
 
 def write_image_results(
@@ -188,7 +204,11 @@ class CocoWriter:
 
     Categories are the union of every image's classes in first-seen order; an annotation's
     ``category_id`` is the run-level id of its class *name*, so images prompted with different class lists
-    still map consistently. ``iscrowd`` is always 0.
+    still map consistently. Masks are RLE, so ``iscrowd`` is 1 (COCO's definition of RLE; 0 for box-only
+    detections); ``bbox`` is the mask's extent; ``score`` stays a top-level field (pycocotools' ``loadRes``
+    and datumaro read it there), ``mask_score`` and ``phrase`` go in ``attributes`` (datumaro's convention).
+    ``grounded convert-dataset coco.json --from coco --to coco,yolo,...`` lays it out as a dataset with
+    its images.
     """
 
     def __init__(self) -> None:
@@ -207,6 +227,7 @@ class CocoWriter:
         for name in det.classes:
             self._categories.setdefault(name, len(self._categories) + 1)
         for record in det.to_coco_records():
+            record = _result_record(record)
             box = record["bbox"]
             annotation: dict[str, Any] = {
                 "id": len(self._annotations) + 1,
@@ -214,14 +235,12 @@ class CocoWriter:
                 "category_id": self._categories[record["category"]],
                 "bbox": box,
                 "area": record.get("area", round(box[2] * box[3], 3)),
-                "iscrowd": 0,
+                "iscrowd": 1 if "segmentation" in record else 0,  # RLE: COCO's crowd form
                 "score": record["score"],
             }
             if "segmentation" in record:
                 annotation["segmentation"] = record["segmentation"]
-            if "mask_score" in record:
-                annotation["mask_score"] = record["mask_score"]
-            annotation["phrase"] = record["phrase"]
+            annotation["attributes"] = {k: record[k] for k in ("mask_score", "phrase") if k in record}
             self._annotations.append(annotation)
         return image_id
 

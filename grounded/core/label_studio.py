@@ -1,0 +1,110 @@
+"""Detections as Label Studio regions (pre-annotations): brush masks in Label Studio's own RLE, or polygons.
+
+:func:`label_studio_regions` turns COCO-style records (``category``, ``score``, ``segmentation`` RLE, as
+:meth:`grounded.core.detections.Detections.to_coco_records` makes them) into the ``result`` list of a task's
+prediction; the dataset export (``--format label-studio``) and an ML backend share it. Brush masks are encoded
+by label-studio-sdk (``label_studio_sdk.converter.brush.mask2rle``), which is therefore needed for them
+(``pip install label-studio-sdk``); polygons are in percent of the image size, pixel-corner convention.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+from xml.sax.saxutils import quoteattr
+
+import numpy as np
+
+from grounded.core.errors import UserError
+from grounded.core.rle import decode_rle
+
+__all__ = ["label_config", "label_studio_regions", "region_mask", "require_sdk"]
+
+
+def require_sdk() -> None:
+    """Raise the one-line :class:`UserError` now if label-studio-sdk is missing (before any model runs)."""
+    _brush()
+
+
+def _brush() -> Any:
+    try:
+        from label_studio_sdk.converter import brush
+    except ImportError:
+        raise UserError(
+            "Label Studio brush masks need label-studio-sdk: pip install label-studio-sdk"
+        ) from None
+    return brush
+
+
+def label_studio_regions(
+    records: Sequence[Mapping[str, Any]],
+    height: int,
+    width: int,
+    *,
+    masks: Sequence[np.ndarray] | None = None,
+    kind: Literal["brush", "polygon"] = "brush",
+    from_name: str = "label",
+    box_name: str = "box",
+    to_name: str = "image",
+) -> list[dict[str, Any]]:
+    """One region per record: ``brushlabels`` (``kind="brush"``) or ``polygonlabels`` (one region per part);
+    ``masks`` (decoded) saves decoding each record's RLE again; a record without a mask becomes a
+    ``rectanglelabels`` region (``box_name``) of its ``bbox``. Names match :func:`label_config`."""
+    regions: list[dict[str, Any]] = []
+    for i, rec in enumerate(records):
+        base = {
+            "from_name": from_name,
+            "to_name": to_name,
+            "original_width": int(width),
+            "original_height": int(height),
+            "image_rotation": 0,
+            "score": float(rec.get("score", 1.0)),
+        }
+        label = [rec["category"]]
+        if masks is None and "segmentation" not in rec:
+            x, y, w, h = rec["bbox"]
+            value = {
+                "x": 100 * x / width,
+                "y": 100 * y / height,
+                "width": 100 * w / width,
+                "height": 100 * h / height,
+            }
+            value.update(rotation=0, rectanglelabels=label)
+            regions.append(
+                {**base, "from_name": box_name, "id": f"r{i}", "type": "rectanglelabels", "value": value}
+            )
+            continue
+        mask = masks[i] if masks is not None else decode_rle(rec["segmentation"])
+        if kind == "brush":
+            rle = _brush().mask2rle(np.asarray(mask, dtype=np.uint8) * 255)
+            value = {"format": "rle", "rle": [int(v) for v in rle], "brushlabels": label}
+            regions.append({**base, "id": f"r{i}", "type": "brushlabels", "value": value})
+        else:
+            from grounded.core.polygons import mask_polygons
+
+            for k, poly in enumerate(mask_polygons(mask, "corner", join="holes")):
+                points = (poly / np.array([width, height]) * 100).round(4).tolist()
+                value = {"points": points, "closed": True, "polygonlabels": label}
+                regions.append({**base, "id": f"r{i}_{k}", "type": "polygonlabels", "value": value})
+    return regions
+
+
+def region_mask(region: Mapping[str, Any]) -> np.ndarray:
+    """The boolean mask of a brush region (label-studio-sdk's decoder)."""
+    height, width = int(region["original_height"]), int(region["original_width"])
+    flat = _brush().decode_rle(region["value"]["rle"])
+    return np.reshape(flat, (height, width, 4))[:, :, 3] > 0
+
+
+def label_config(categories: Sequence[str], kind: Literal["brush", "polygon"] = "brush") -> str:
+    """A labeling config for these classes: an ``Image`` and ``BrushLabels`` (or ``PolygonLabels``) plus
+    ``RectangleLabels`` for box-only regions."""
+    tag = "BrushLabels" if kind == "brush" else "PolygonLabels"
+    labels = "".join(f"    <Label value={quoteattr(name)}/>\n" for name in categories)
+    return (
+        "<View>\n"
+        '  <Image name="image" value="$image" zoom="true"/>\n'
+        f'  <{tag} name="label" toName="image">\n{labels}  </{tag}>\n'
+        f'  <RectangleLabels name="box" toName="image">\n{labels}  </RectangleLabels>\n'
+        "</View>\n"
+    )

@@ -1,0 +1,142 @@
+"""Masks to polygons (grounded.core.polygons): exact in both conventions, holes and parts kept, fast on
+ragged masks."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+from scipy import ndimage
+from skimage import data
+
+from grounded.core.polygons import join_rings, mask_parts, mask_polygons
+from grounded.tasks.datasets import fill_polygon, mask_iou, polygons_to_mask
+
+
+def _ragged(size: int = 1024, sigma: float = 6.0, seed: int = 0) -> np.ndarray:
+    """Foliage-like: smoothed noise thresholded (about 270 parts and holes at 1024 x 1024)."""
+    noise = np.random.default_rng(seed).standard_normal((size, size))
+    return ndimage.gaussian_filter(noise, sigma) > 0
+
+
+def _ring() -> np.ndarray:
+    yy, xx = np.mgrid[:200, :220]
+    d2 = (yy - 100) ** 2 + (xx - 110) ** 2
+    return (d2 < 80**2) & (d2 >= 40**2)
+
+
+MASKS = {
+    "horse": lambda: ~data.horse(),
+    "coins": lambda: data.coins() > 110,  # 87 parts, 559 holes
+    "ring": _ring,
+    "ragged": lambda: _ragged(256, 3.0),
+    "pixel": lambda: np.pad(np.ones((1, 1), bool), 3),
+    "line": lambda: np.pad(np.ones((1, 9), bool), 3),
+}
+
+
+@pytest.mark.parametrize("name", sorted(MASKS))
+def test_both_conventions_give_the_mask_back_exactly(name):
+    mask = MASKS[name]()
+    h, w = mask.shape
+    # COCO: one polygon per part (holes joined in), read by pycocotools (pixel corners, union of the polygons)
+    assert (
+        mask_iou(
+            polygons_to_mask([p.reshape(-1).tolist() for p in mask_polygons(mask, "corner")], h, w), mask
+        )
+        == 1.0
+    )
+    # the same with every ring in one polygon: pycocotools fills it even-odd, zero-width bridges add nothing
+    joined = mask_polygons(mask, "corner", join="all")
+    assert (
+        len(joined) == 1 and mask_iou(polygons_to_mask([joined[0].reshape(-1).tolist()], h, w), mask) == 1.0
+    )
+    # YOLO: pixel centres, filled as ultralytics fills (cv2.fillPoly of each polygon)
+    union = np.zeros_like(mask)
+    for poly in mask_polygons(mask, "centre"):
+        union |= fill_polygon(poly, h, w)
+    assert mask_iou(union, mask) == 1.0
+    # one polygon of every part: nothing is lost, the bridges between parts are the only extra pixels
+    (one,) = mask_polygons(mask, "centre", join="all")
+    filled = fill_polygon(one, h, w)
+    assert not (mask & ~filled).any()
+    assert mask_iou(filled, mask) >= (0.98 if name != "coins" else 0.97)
+
+
+def test_parts_and_holes_follow_opencvs_hierarchy():
+    mask = np.zeros((60, 60), bool)
+    mask[5:55, 5:55] = True
+    mask[15:45, 15:45] = False
+    mask[25:35, 25:35] = True  # a part inside the hole
+    parts = mask_parts(mask, "centre")
+    assert [len(p.holes) for p in parts] == [0, 1] or [len(p.holes) for p in parts] == [1, 0]
+    outer = next(p for p in parts if p.holes)
+    assert outer.outer[:, 0].min() == 5 and outer.outer[:, 0].max() == 54  # pixel centres of the boundary
+    corner = next(p for p in mask_parts(mask, "corner") if p.holes)
+    assert (
+        corner.outer[:, 0].min() == 5.25 and corner.outer[:, 0].max() == 54.75
+    )  # a quarter inside the squares
+    assert mask_parts(np.zeros((5, 5), bool)) == [] and mask_polygons(np.zeros((5, 5), bool)) == []
+    with pytest.raises(ValueError, match="mask"):
+        mask_parts(np.zeros((2, 2, 2), bool))
+    with pytest.raises(ValueError, match="convention"):
+        mask_polygons(mask, "middle")  # type: ignore[arg-type]
+
+
+def test_join_rings_walks_every_ring_once_and_every_bridge_twice():
+    mask = np.zeros((12, 30), bool)
+    mask[2:8, 2:8] = True
+    mask[3:6, 14:20] = True  # 6 pixels to the right, on the same rows
+    parts = mask_parts(mask, "centre")
+    rings = [np.round(p.outer).astype(int) for p in parts]
+    (joined,) = mask_polygons(mask, "centre", join="all")
+    edges = list(zip(map(tuple, joined[:-1].astype(int)), map(tuple, joined[1:].astype(int)), strict=True))
+    across = [(p, q) for p, q in edges if (p[0] <= 7) != (q[0] <= 7)]  # steps between the two squares
+    assert len(across) == 2 and across[0] == across[1][::-1]  # one bridge, walked out and back
+    (p, q) = across[0]
+    assert p[1] == q[1] and abs(q[0] - p[0]) == 7  # along a row, the shortest way: from x=7 to x=14
+    filled = fill_polygon(joined, 12, 30)
+    assert not (mask & ~filled).any() and (filled & ~mask).sum() == 6  # the bridge's 6 background pixels
+    assert len(rings) == 2
+    # two single pixels: out to the second, round it, back, round the first
+    assert join_rings([np.array([[0, 0]]), np.array([[3, 0]])]).tolist() == [
+        [0, 0],
+        [3, 0],
+        [3, 0],
+        [0, 0],
+        [0, 0],
+    ]
+
+
+def test_a_ragged_mask_is_fast():
+    """Issue 15: skimage's find_contours + assembly took 3.5 s on a ragged mask; OpenCV's tracer takes ms."""
+    mask = _ragged()
+    warm = np.random.default_rng(1).random((64, 64)) > 0.5
+    mask_polygons(warm, "centre", join="all")  # imports
+    mask_polygons(warm, "corner")
+    times = {}
+    for convention, join in (("centre", "all"), ("corner", "holes")):
+        start = time.perf_counter()
+        polys = mask_polygons(mask, convention, join=join)
+        times[convention] = time.perf_counter() - start
+        assert polys
+    print(f"ragged 1024x1024 mask ({len(mask_parts(mask))} parts): {times}")
+    assert times["centre"] < 0.25 and times["corner"] < 0.5  # generous: a shared CI machine
+
+
+def test_benchmark_rows():
+    from grounded.tasks.bench import format_polygon_times, polygon_times
+
+    rows = polygon_times(size=128, repeats=1)
+    assert [r["mask"] for r in rows] == [
+        "disk",
+        "horse",
+        "foliage s=12",
+        "foliage s=6",
+        "foliage s=3",
+        "checker 4px",
+    ]
+    assert rows[0]["parts"] == 1 and rows[0]["holes"] == 0 and rows[-1]["holes"] > 10
+    assert all(r["yolo_ms"] > 0 and r["coco_ms"] > 0 for r in rows)
+    assert format_polygon_times(rows, 128).count("\n| ") == len(rows) + 1
