@@ -18,7 +18,15 @@ import numpy as np
 from grounded.core.errors import UserError
 from grounded.core.rle import decode_rle
 
-__all__ = ["label_config", "label_studio_regions", "region_mask", "require_sdk"]
+__all__ = [
+    "brush_value",
+    "label_config",
+    "label_studio_regions",
+    "polygon_value",
+    "rectangle_value",
+    "region_mask",
+    "require_sdk",
+]
 
 
 def require_sdk() -> None:
@@ -34,6 +42,31 @@ def _brush() -> Any:
             "Label Studio brush masks need label-studio-sdk: pip install label-studio-sdk"
         ) from None
     return brush
+
+
+def rectangle_value(xywh: Sequence[float], label: str, height: int, width: int) -> dict[str, Any]:
+    """A ``rectanglelabels`` value: the pixel box ``x, y, w, h`` in percent of the image."""
+    x, y, w, h = (float(v) for v in xywh)
+    return {
+        "x": 100 * x / width,
+        "y": 100 * y / height,
+        "width": 100 * w / width,
+        "height": 100 * h / height,
+        "rotation": 0,
+        "rectanglelabels": [label],
+    }
+
+
+def polygon_value(points: np.ndarray, label: str, height: int, width: int) -> dict[str, Any]:
+    """A ``polygonlabels`` value: ``(N, 2)`` pixel ``x, y`` vertices in percent of the image."""
+    percent = (np.asarray(points, dtype=np.float64) / np.array([width, height]) * 100).clip(0, 100)
+    return {"points": percent.round(4).tolist(), "closed": True, "polygonlabels": [label]}
+
+
+def brush_value(mask: np.ndarray, label: str) -> dict[str, Any]:
+    """A ``brushlabels`` value: the mask in Label Studio's RLE (label-studio-sdk's encoder)."""
+    rle = _brush().mask2rle(np.asarray(mask, dtype=np.uint8) * 255)
+    return {"format": "rle", "rle": [int(v) for v in rle], "brushlabels": [label]}
 
 
 def label_studio_regions(
@@ -60,31 +93,21 @@ def label_studio_regions(
             "image_rotation": 0,
             "score": float(rec.get("score", 1.0)),
         }
-        label = [rec["category"]]
+        label = rec["category"]
         if masks is None and "segmentation" not in rec:
-            x, y, w, h = rec["bbox"]
-            value = {
-                "x": 100 * x / width,
-                "y": 100 * y / height,
-                "width": 100 * w / width,
-                "height": 100 * h / height,
-            }
-            value.update(rotation=0, rectanglelabels=label)
+            value = rectangle_value(rec["bbox"], label, height, width)
             regions.append(
                 {**base, "from_name": box_name, "id": f"r{i}", "type": "rectanglelabels", "value": value}
             )
             continue
         mask = masks[i] if masks is not None else decode_rle(rec["segmentation"])
         if kind == "brush":
-            rle = _brush().mask2rle(np.asarray(mask, dtype=np.uint8) * 255)
-            value = {"format": "rle", "rle": [int(v) for v in rle], "brushlabels": label}
-            regions.append({**base, "id": f"r{i}", "type": "brushlabels", "value": value})
+            regions.append({**base, "id": f"r{i}", "type": "brushlabels", "value": brush_value(mask, label)})
         else:
             from grounded.core.polygons import mask_polygons
 
             for k, poly in enumerate(mask_polygons(mask, "corner", join="holes")):
-                points = (poly / np.array([width, height]) * 100).round(4).tolist()
-                value = {"points": points, "closed": True, "polygonlabels": label}
+                value = polygon_value(poly, label, height, width)
                 regions.append({**base, "id": f"r{i}_{k}", "type": "polygonlabels", "value": value})
     return regions
 

@@ -1,7 +1,8 @@
 """Detections and masks as Label Studio regions (the ``result`` items of a prediction), in percent of the image.
 
-Brush masks are encoded by label-studio-sdk's own encoder (``label_studio_sdk.converter.brush.mask2rle``);
-polygons are the mask's contours (pixel-corner convention) as ``[x%, y%]`` points.
+The values are :mod:`grounded.core.label_studio`'s (shared with ``grounded annotate --format label-studio``):
+brush masks encoded by label-studio-sdk's own encoder, polygons the mask's contours (pixel-corner convention)
+as ``[x%, y%]`` points.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from grounded.core.detections import Detections
+from grounded.core.label_studio import brush_value, polygon_value, rectangle_value
 
 __all__ = ["brush_region", "detection_regions", "polygon_regions", "rectangle_region"]
 
@@ -33,16 +35,8 @@ def rectangle_region(
     box: Sequence[float], label: str, score: float, from_name: str, to_name: str, size: tuple[int, int]
 ) -> dict[str, Any]:
     """An xyxy pixel box as a ``rectanglelabels`` region."""
-    height, width = size
     x0, y0, x1, y1 = (float(v) for v in box)
-    value = {
-        "x": 100 * x0 / width,
-        "y": 100 * y0 / height,
-        "width": 100 * (x1 - x0) / width,
-        "height": 100 * (y1 - y0) / height,
-        "rotation": 0,
-        "rectanglelabels": [label],
-    }
+    value = rectangle_value((x0, y0, x1 - x0, y1 - y0), label, *size)
     return {**_base("rectangle", from_name, to_name, size, score), "value": value}
 
 
@@ -53,23 +47,16 @@ def polygon_regions(
     from grounded.integrations.shapes import outline_polygons
 
     size = (int(mask.shape[0]), int(mask.shape[1]))
-    scale = np.array([100 / size[1], 100 / size[0]])
-    out = []
-    for ring in outline_polygons(mask, tolerance):
-        points = (ring * scale).clip(0, 100)
-        value = {"points": points.round(4).tolist(), "closed": True, "polygonlabels": [label]}
-        out.append({**_base("polygon", from_name, to_name, size, score), "value": value})
-    return out
+    base = _base("polygon", from_name, to_name, size, score)
+    return [
+        {**base, "value": polygon_value(ring, label, *size)} for ring in outline_polygons(mask, tolerance)
+    ]
 
 
 def brush_region(mask: np.ndarray, label: str, score: float, from_name: str, to_name: str) -> dict[str, Any]:
     """A mask as a ``brushlabels`` region in Label Studio's RLE."""
-    from label_studio_sdk.converter import brush
-
     size = (int(mask.shape[0]), int(mask.shape[1]))
-    rle = brush.mask2rle(np.asarray(mask, dtype=np.uint8) * 255)
-    value = {"format": "rle", "rle": [int(v) for v in rle], "brushlabels": [label]}
-    return {**_base("brush", from_name, to_name, size, score), "value": value}
+    return {**_base("brush", from_name, to_name, size, score), "value": brush_value(mask, label)}
 
 
 def detection_regions(
