@@ -81,3 +81,54 @@ def tiny_sam3(models_dir) -> Path:
     from grounded.models.testing import make_sam3
 
     return make_sam3(models_dir / "sam3", size="tiny", seed=0)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, models_dir):
+    """``grounded serve`` as a user starts it from a clean checkout without real models (--random-weights),
+    with a tiny inpainter for the edit, on a free loopback port; yields its URL (the browser tests use it)."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    from grounded.models.testing import make_sd_inpainting
+
+    sd = models_dir / "browser-sd"
+    if not sd.exists():  # made once a session, shared by the Chromium and the Firefox test
+        make_sd_inpainting(sd, seed=0)
+    cache = tmp_path_factory.mktemp("serve-cache")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "GROUNDED_CACHE": str(cache), "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    log = (cache / "server.log").open("w")
+    command = [sys.executable, "-m", "grounded", "serve", "--random-weights", "--device", "cpu"]
+    command += ["--inpainter", str(sd), "--edit-steps", "2"]
+    proc = subprocess.Popen([*command, "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            if proc.poll() is not None:
+                raise AssertionError(f"the server exited: {(cache / 'server.log').read_text()[-2000:]}")
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError("the server did not answer /health within 180 s")
+            time.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()

@@ -8,10 +8,6 @@ import base64
 import json
 import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -43,12 +39,6 @@ def _chromium() -> str | None:
     return None
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def browser():
     path = _chromium()
@@ -61,44 +51,6 @@ def browser():
             pytest.skip(f"chromium at {path} does not start: {str(exc).splitlines()[0]}")
         yield chromium
         chromium.close()
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory, models_dir):
-    """``grounded serve`` as a user starts it from a clean checkout without real models (--random-weights),
-    with a tiny inpainter for the edit."""
-    from grounded.models.testing import make_sd_inpainting
-
-    sd = make_sd_inpainting(models_dir / "browser-sd", seed=0)
-    cache = tmp_path_factory.mktemp("serve-cache")
-    port = _free_port()
-    env = {**os.environ, "GROUNDED_CACHE": str(cache), "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    log = (cache / "server.log").open("w")
-    command = [sys.executable, "-m", "grounded", "serve", "--random-weights", "--device", "cpu"]
-    command += ["--inpainter", str(sd), "--edit-steps", "2"]
-    proc = subprocess.Popen([*command, "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            if proc.poll() is not None:
-                raise AssertionError(f"the server exited: {(cache / 'server.log').read_text()[-2000:]}")
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError("the server did not answer /health within 180 s")
-            time.sleep(0.5)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
 
 
 def _alpha(page) -> np.ndarray:
