@@ -83,10 +83,11 @@ def tiny_sam3(models_dir) -> Path:
     return make_sam3(models_dir / "sam3", size="tiny", seed=0)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def server(tmp_path_factory, models_dir):
     """``grounded serve`` as a user starts it from a clean checkout without real models (--random-weights),
-    with a tiny inpainter for the edit, on a free loopback port; yields its URL (the browser tests use it)."""
+    with a tiny inpainter for the edit, on a free loopback port; yields its URL. One process for the session:
+    the Chromium and the Firefox page tests share it (each opens its own image sessions)."""
     import os
     import socket
     import subprocess
@@ -97,9 +98,7 @@ def server(tmp_path_factory, models_dir):
 
     from grounded.models.testing import make_sd_inpainting
 
-    sd = models_dir / "browser-sd"
-    if not sd.exists():  # made once a session, shared by the Chromium and the Firefox test
-        make_sd_inpainting(sd, seed=0)
+    sd = make_sd_inpainting(models_dir / "browser-sd", seed=0)
     cache = tmp_path_factory.mktemp("serve-cache")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

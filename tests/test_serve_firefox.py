@@ -39,7 +39,8 @@ class Bidi:
     """A WebDriver BiDi session on one browsing context: commands answered in order, events kept in a list."""
 
     def __init__(self, url: str) -> None:
-        self.ws = ws_client.connect(url, max_size=None, open_timeout=5)
+        # entered as a context manager (websockets >= 17.1 warns otherwise), closed by the fixture
+        self.ws = ws_client.connect(url, max_size=None, open_timeout=5).__enter__()
         self.next_id = 0
         self.events: list[dict] = []
         self.command("session.new", {"capabilities": {}})
@@ -99,8 +100,8 @@ class Bidi:
         keys = [{"type": kind, "value": ch} for ch in text for kind in ("keyDown", "keyUp")]
         self.actions({"type": "key", "id": "keyboard", "actions": keys})
 
-    def click(self, x: float, y: float) -> None:
-        moves = [{"type": "pointerMove", "x": round(x), "y": round(y), "origin": "viewport"}]
+    def click(self, x: int, y: int) -> None:
+        moves = [{"type": "pointerMove", "x": x, "y": y, "origin": "viewport"}]
         moves += [{"type": "pointerDown", "button": 0}, {"type": "pointerUp", "button": 0}]
         self.actions(
             {"type": "pointer", "id": "mouse", "parameters": {"pointerType": "mouse"}, "actions": moves}
@@ -124,7 +125,7 @@ def firefox():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = int(s.getsockname()[1])
-    with tempfile.TemporaryDirectory() as profile:
+    with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as profile:  # firefox may still be writing
         log = (Path(profile) / "firefox.log").open("w")
         command = [path, "--headless", "--no-remote", "--profile", profile, f"--remote-debugging-port={port}"]
         proc = subprocess.Popen([*command, "about:blank"], stdout=log, stderr=subprocess.STDOUT)
@@ -171,12 +172,18 @@ def _dets(ff: Bidi) -> list[dict]:
     )
 
 
-def _to_screen(ff: Bidi, x: float, y: float) -> tuple[float, float]:
+def _to_screen(ff: Bidi, x: float, y: float) -> tuple[tuple[int, int], list[int]]:
+    """A whole viewport point near image pixel ``(x, y)`` (BiDi pointers move in whole CSS pixels here), and
+    the image pixel the page's ``canvasXY`` makes of it."""
     left, top, width, height, w, h = ff.js(
         "(() => { const r = document.getElementById('overlay-canvas').getBoundingClientRect(); "
         "return [r.left, r.top, r.width, r.height, window.groundedState.width, window.groundedState.height]; })()"
     )
-    return left + (x + 0.5) * width / w, top + (y + 0.5) * height / h
+    cx, cy = round(left + (x + 0.5) * width / w), round(top + (y + 0.5) * height / h)
+    return (cx, cy), [
+        int(np.floor((cx - left) * w / width + 0.5)),
+        int(np.floor((cy - top) * h / height + 0.5)),
+    ]
 
 
 def test_the_page_works_in_firefox(firefox, server, image_files, tmp_path):
@@ -213,14 +220,14 @@ def test_the_page_works_in_firefox(firefox, server, image_files, tmp_path):
 
     # one real click on the canvas (nothing selected: a new object) shows the API's mask for that point
     before = alpha
-    ff.click(*_to_screen(ff, 300, 200))
+    screen, point = _to_screen(ff, 300, 200)
+    assert abs(point[0] - 300) <= 2 and abs(point[1] - 200) <= 2
+    ff.click(*screen)
     ff.wait_for("window.groundedState.dets.length === 6 && window.groundedState.dets[5].levels")
     ff.wait_for("!window.groundedState.busy")
     clicked = _dets(ff)[5]
-    assert clicked["source"] == "click" and clicked["prompt"]["points"] == [[300, 200]]
-    answer = httpx.post(
-        f"{server}/v1/images/{image_id}/masks", json={"points": [[300, 200]]}, timeout=60
-    ).json()
+    assert clicked["source"] == "click" and clicked["prompt"]["points"] == [point]
+    answer = httpx.post(f"{server}/v1/images/{image_id}/masks", json={"points": [point]}, timeout=60).json()
     assert clicked["segmentation"] == answer["levels"][answer["best"]]["segmentation"]
     after = _alpha(ff)
     assert not np.array_equal(after, before)  # the mask on the canvas changed
