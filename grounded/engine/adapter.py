@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import PurePath
 from typing import TYPE_CHECKING, Any, ClassVar
 
-__all__ = ["Adapter", "Port", "input_ports", "output_ports"]
+__all__ = ["Adapter", "Port", "input_ports", "output_ports", "temporary_params"]
 
 
 @dataclass(frozen=True)
@@ -151,3 +152,30 @@ def output_ports(adapter: type[Adapter] | Adapter) -> dict[str, Port]:
     """Output ports of an adapter, read from its ``outputs`` declaration."""
     cls = adapter if isinstance(adapter, type) else type(adapter)
     return {name: Port(name, tp) for name, tp in cls.outputs.items()}
+
+
+@contextlib.contextmanager
+def temporary_params(
+    adapter: Adapter, params: Mapping[str, Any], error: Callable[[str], Exception] = ValueError
+) -> Iterator[None]:
+    """``adapter`` with ``params`` set for the block (one request's thresholds, say), restored afterwards.
+
+    The values are checked first by building the adapter's class with them (its ``__init__`` validates and
+    loads nothing); a bad value raises ``error(message)`` before anything changes. Callers serialise access to
+    the adapter while the block runs.
+    """
+    if not params:
+        yield
+        return
+    try:
+        type(adapter)(**{**adapter.get_params(), **params})
+    except (TypeError, ValueError) as exc:
+        raise error(str(exc)) from None
+    old = {k: getattr(adapter, k) for k in params}
+    for k, v in params.items():
+        setattr(adapter, k, v)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            setattr(adapter, k, v)

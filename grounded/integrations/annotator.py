@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ from grounded.core.detections import Detections
 from grounded.core.errors import UserError
 from grounded.core.images import LoadedImage
 from grounded.core.ontology import Ontology
+from grounded.engine.adapter import temporary_params
 
 __all__ = ["Annotator", "ClickMask"]
 
@@ -25,27 +25,6 @@ class ClickMask:
 
     mask: torch.Tensor
     score: float
-
-
-@contextlib.contextmanager
-def _params_set(adapter: Any, params: Mapping[str, Any]) -> Iterator[None]:
-    """``adapter`` with ``params`` for the block (validated by building the adapter with them), then restored."""
-    params = {k: v for k, v in params.items() if v is not None}
-    if not params:
-        yield
-        return
-    try:
-        type(adapter)(**{**adapter.get_params(), **params})
-    except (TypeError, ValueError) as exc:
-        raise UserError(str(exc)) from None
-    old = {k: getattr(adapter, k) for k in params}
-    for k, v in params.items():
-        setattr(adapter, k, v)
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            setattr(adapter, k, v)
 
 
 class Annotator:
@@ -139,7 +118,8 @@ class Annotator:
         pipeline has a segmenter; ``detector_params`` (e.g. ``box_threshold``) hold for this call only."""
         with self.lock:
             detector = self.detector
-            with _params_set(detector, detector_params or {}):
+            given = {k: v for k, v in (detector_params or {}).items() if v is not None}
+            with temporary_params(detector, given, UserError):
                 (det,) = detector.detect([image], ontology.prompt())
             if masks and self.has_segmenter:
                 (det,) = self.pipeline.adapter("segmenter").segment([image], [det])

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ from grounded.core.images import ImageLoadError, LoadedImage, load_image_bytes
 from grounded.core.levels import order_levels
 from grounded.core.prompts import Prompt
 from grounded.core.rle import decode_rle, encode_masks
+from grounded.engine.adapter import temporary_params
 from grounded.serve.config import DETECTOR_PARAMS, SEGMENTER_PARAMS, ServeConfig
 from grounded.serve.gate import ModelGate
 from grounded.serve.sessions import Session, SessionStore, embedding_bytes
@@ -46,25 +47,9 @@ def _bad(message: str) -> ServeError:
     return ServeError(400, message)
 
 
-@contextlib.contextmanager
-def _params_set(adapter: Any, params: Mapping[str, Any]) -> Iterator[None]:
-    """``adapter`` with ``params`` for the block (checked by building the adapter with them: its
-    ``__init__`` only validates), restored afterwards. Call it inside the adapter's gate."""
-    if not params:
-        yield
-        return
-    try:
-        type(adapter)(**{**adapter.get_params(), **params})
-    except (TypeError, ValueError) as exc:
-        raise _bad(str(exc)) from None
-    old = {k: getattr(adapter, k) for k in params}
-    for k, v in params.items():
-        setattr(adapter, k, v)
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            setattr(adapter, k, v)
+def _params_set(adapter: Any, params: Mapping[str, Any]) -> contextlib.AbstractContextManager[None]:
+    """``adapter`` with one request's ``params``, a bad value a 400; call it inside the adapter's gate."""
+    return temporary_params(adapter, params, _bad)
 
 
 def detections_from_records(records: Sequence[Mapping[str, Any]], image_size: tuple[int, int]) -> Detections:

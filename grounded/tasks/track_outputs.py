@@ -34,6 +34,7 @@ from grounded.core.prompts import Prompt
 from grounded.core.rle import encode_masks
 from grounded.core.tracks import TrackBook
 from grounded.core.video import VideoSource, VideoWriter, open_video
+from grounded.tasks.datasets import voc_palette
 from grounded.tasks.track import TrackFrame, Tracking, track
 
 __all__ = ["FORMATS", "TrackSummary", "draw_tracks", "label_image", "mots_lines", "track_files"]
@@ -87,21 +88,6 @@ def mots_lines(index: int, det: Detections, labels: np.ndarray) -> list[str]:
     return lines
 
 
-def _davis_palette() -> list[int]:
-    """The DAVIS palette (PASCAL VOC colours): index ``i``'s RGB from the bits of ``i``."""
-    palette = []
-    for i in range(256):
-        r = g = b = 0
-        c = i
-        for j in range(8):
-            r |= ((c >> 0) & 1) << (7 - j)
-            g |= ((c >> 1) & 1) << (7 - j)
-            b |= ((c >> 2) & 1) << (7 - j)
-            c >>= 3
-        palette += [r, g, b]
-    return palette
-
-
 def _indexed_png(labels: np.ndarray) -> bytes:
     """DAVIS-style indexed PNG (palette, value = track id) while ids fit 8 bits, else 16-bit gray."""
     import io
@@ -113,7 +99,7 @@ def _indexed_png(labels: np.ndarray) -> bytes:
     if labels.max(initial=0) > 255:
         return encode_png(labels.astype(np.uint16))
     image = Image.fromarray(labels.astype(np.uint8), mode="P")
-    image.putpalette(_davis_palette())
+    image.putpalette(voc_palette())  # DAVIS uses the PASCAL VOC colours
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()
