@@ -28,6 +28,7 @@ from grounded.models.sources import (
 from grounded.models.tinyvit import is_tinyvit_config, load_tinyvit_sam
 from grounded.runtime.compat import fix_sam_hq_decoder
 from grounded.runtime.device import autocast
+from grounded.runtime.fast_decoder import CHUNK, decode_many, supports_decode_many
 from grounded.runtime.fast_kernels import accelerate_sam, compile_modules
 
 __all__ = ["SAM", "SAM2", "SAMHQ", "ImageEmbedding"]
@@ -70,7 +71,9 @@ class SAM(ModelAdapter):
         cache_size: image embeddings kept, keyed on image content (0 disables the cache).
         device, precision: as for the detector.
         fast_kernels: SAM / HQ-SAM ViT attention adds its relative-position bias a block of queries at a
-            time instead of materialising it for all (:mod:`grounded.runtime.fast_kernels`); bit-identical results.
+            time instead of materialising it for all (:mod:`grounded.runtime.fast_kernels`), bit-identical;
+            plain SAM's mask decoder computes the image side shared by all prompts once
+            (:mod:`grounded.runtime.fast_decoder`), the same masks up to float rounding.
         compile: ``torch.compile`` the image encoder (the first call is slow).
     """
 
@@ -207,6 +210,8 @@ class SAM(ModelAdapter):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Low-res mask logits ``(N, M, h, w)`` and predicted IoU ``(N, M)`` for N box or point prompts."""
         n = len(boxes) if boxes is not None else len(points)  # type: ignore[arg-type]
+        if self.fast_kernels and not self.is_hq and supports_decode_many(self._model):
+            return self._decode_shared(embedding, boxes, points, multimask)
         low_parts, iou_parts = [], []
         for start in range(0, n, self.max_boxes_per_call):
             stop = start + self.max_boxes_per_call
@@ -220,6 +225,33 @@ class SAM(ModelAdapter):
             low_parts.append(out.pred_masks[0].float())
             iou_parts.append(out.iou_scores[0].float())
         return torch.cat(low_parts), torch.cat(iou_parts)
+
+    def _decode_shared(
+        self,
+        embedding: ImageEmbedding,
+        boxes: torch.Tensor | None,
+        points: torch.Tensor | None,
+        multimask: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`_decode_raw` through :func:`~grounded.runtime.fast_decoder.decode_many` (SAM's decoder with
+        the prompt-independent image side computed once; the same masks up to float rounding)."""
+        prompts = self._prompts(embedding, boxes, points)
+        with autocast(self.device, self.precision):
+            sparse, dense = self._model.prompt_encoder(
+                input_points=prompts.get("input_points"),
+                input_labels=prompts.get("input_labels"),
+                input_boxes=prompts.get("input_boxes"),
+                input_masks=None,
+            )
+            low_res, iou = decode_many(
+                self._model,
+                embedding.embedding,
+                sparse,
+                dense[:1],
+                multimask,
+                chunk=min(CHUNK, self.max_boxes_per_call),
+            )
+        return low_res[0].float(), iou[0].float()
 
     def decode(self, embedding: ImageEmbedding, boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Masks ``(N, H, W)`` bool at the original size and their predicted IoU ``(N,)`` for xyxy pixel boxes.
