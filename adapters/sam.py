@@ -16,7 +16,8 @@ from grounded.core.detections import Detections, fits_dense
 from grounded.core.images import LoadedImage
 from grounded.core.levels import Levels, LevelSelection, order_levels, select_levels
 from grounded.core.lru import LruCache
-from grounded.core.rle import encode_masks
+from grounded.core.rle import encode_masks, encode_window
+from grounded.core.upsample import Window, upsample_windows
 from grounded.engine import register_adapter
 from grounded.models.sources import (
     ModelSourceError,
@@ -79,6 +80,8 @@ class SAM(ModelAdapter):
 
     outputs: ClassVar[dict[str, Any]] = {"detections": list[Detections]}
     expects_hq: ClassVar[bool] = False
+    #: masks upsampled in windows (:func:`~grounded.core.upsample.upsample_windows`), not by the processor
+    windowed_upsampling: ClassVar[bool] = True
     model_types: ClassVar[tuple[str, ...]] = ("sam", "sam_hq")
     what: ClassVar[str] = "segmenter"
 
@@ -346,11 +349,42 @@ class SAM(ModelAdapter):
         """Low-res logits ``(n, 1, h, w)`` → bool masks ``(n, H, W)``, a few at a time to bound float memory."""
         return torch.cat([masks for _, masks in self._upsample_parts(low_res, embedding)])
 
+    def _windows(self, low_res: torch.Tensor, embedding: ImageEmbedding) -> Iterator[Window] | None:
+        """The processor's upsampling of ``(n, 1, h, w)`` logits, each mask computed only in the window where
+        it can be on (:func:`~grounded.core.upsample.upsample_windows`); None where not available."""
+        if not self.windowed_upsampling:
+            return None
+        pad = self._processor.image_processor.pad_size
+        return upsample_windows(
+            low_res[:, 0],
+            (int(pad["height"]), int(pad["width"])),
+            embedding.reshaped_size,
+            embedding.original_size,
+            self.mask_threshold,
+        )
+
     def _upsample_parts(
         self, low_res: torch.Tensor, embedding: ImageEmbedding
     ) -> Iterator[tuple[int, torch.Tensor]]:
-        """``(start, masks)``: :meth:`_upsample` in groups whose float upsampling fits ``_UPSAMPLE_BYTES``."""
+        """``(start, masks)``: :meth:`_upsample` in groups whose float upsampling (or, computed in windows,
+        bool masks) fits ``_UPSAMPLE_BYTES``."""
         height, width = embedding.original_size
+        windows = self._windows(low_res, embedding)
+        if windows is not None:
+            step = max(1, _UPSAMPLE_BYTES // max(height * width, 1))
+            masks = None
+            for window in windows:
+                start = window.index - window.index % step
+                if window.index == start:
+                    if masks is not None:
+                        yield start - step, masks.to(self.device)
+                    masks = torch.zeros((min(step, len(low_res) - start), height, width), dtype=torch.bool)
+                assert masks is not None
+                (r0, r1), (c0, c1) = window.rows, window.cols
+                masks[window.index - start, r0:r1, c0:c1] = torch.from_numpy(window.mask)
+            if masks is not None:
+                yield len(low_res) - len(masks), masks.to(self.device)
+            return
         step = max(1, _UPSAMPLE_BYTES // (4 * max(height * width, 1024 * 1024)))
         for i in range(0, len(low_res), step):
             yield i, self._post_process(low_res[i : i + step], embedding)[:, 0].to(self.device)
@@ -382,6 +416,13 @@ class SAM(ModelAdapter):
             masks, scores = self.decode(embedding, det.boxes)
             return det.with_masks(masks.to(det.device), scores.to(det.device))
         rles: list[dict[str, Any]] = []
+        if self.granularity == "best" and self.windowed_upsampling:  # from each mask's window alone
+            low_res, iou = self._decode_raw(embedding, boxes=det.boxes, multimask=self.multimask_output)
+            rows = torch.arange(len(det), device=low_res.device)
+            pick = iou.argmax(dim=-1)
+            for w in self._windows(low_res[rows, pick][:, None], embedding) or ():
+                rles.append(encode_window(w.mask, w.rows[0], w.cols[0], det.image_size))
+            return det.with_mask_rles(rles, iou[rows, pick].to(det.device))
         score_parts = []
         for masks, scores in self._decode_parts(embedding, det.boxes):
             rles.extend(encode_masks(masks))
@@ -413,6 +454,7 @@ class SAM2(SAM):
     """
 
     model_types: ClassVar[tuple[str, ...]] = ("sam2",)
+    windowed_upsampling: ClassVar[bool] = False  # its processor upsamples in one step: post_process_masks
 
     def __init__(self, model: str = "facebook/sam2.1-hiera-tiny", **kwargs: Any) -> None:
         if kwargs.get("hq_token_only"):

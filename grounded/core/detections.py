@@ -176,7 +176,7 @@ class Detections:
         self._need_masks()
         if self.mask_rles is not None:
             return [rle_area(r) for r in self.mask_rles]
-        return [int(v) for v in self.masks.flatten(1).sum(1).tolist()]  # type: ignore[union-attr]
+        return [int(v) for v in torch.count_nonzero(self.masks.flatten(1), dim=1).tolist()]  # type: ignore[union-attr]
 
     def dense_masks(self) -> torch.Tensor:
         """All masks as ``(N, H, W)`` bool (decodes RLE masks: ``N x H x W`` bytes)."""
