@@ -50,8 +50,9 @@ def _assert_same(got: tuple[torch.Tensor, torch.Tensor], expected: object) -> No
 
 
 @pytest.mark.parametrize("multimask", [False, True])
-@pytest.mark.parametrize("chunk", [1, 3, 64])
-def test_decode_many_equals_transformers_for_boxes(multimask, chunk):
+@pytest.mark.parametrize(("chunk", "block"), [(1, 4096), (3, 5), (64, 64)])
+def test_decode_many_equals_transformers_for_boxes(monkeypatch, multimask, chunk, block):
+    monkeypatch.setattr(fast_decoder, "BLOCK", block)  # upscaler blocks: ragged, one row, a whole prompt
     model = _model("tiny")
     embedding, boxes = _embedding(model), _boxes(model, 7)
     with torch.inference_mode():
