@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from pycocotools import mask as mask_utils
 
 from grounded.adapters import SAM
+from grounded.core import rle, upsample
 from grounded.core.detections import Detections
 from grounded.core.images import load_image
 from grounded.core.rle import encode_masks, encode_window, rle_to_json
@@ -42,7 +43,9 @@ def _processor_path(low: torch.Tensor, reshaped: tuple[int, int], size: tuple[in
     ("size", "reshaped", "threshold"),
     [((1024, 1024), (1024, 1024), 0.0), ((400, 600), (683, 1024), 0.0), ((1500, 700), (1024, 478), 0.5)],
 )
-def test_windows_equal_the_processors_masks(size, reshaped, threshold):
+@pytest.mark.parametrize("whole", [0.0, 2.0])  # every mask as the processor does / every one in its window
+def test_windows_equal_the_processors_masks(monkeypatch, size, reshaped, threshold, whole):
+    monkeypatch.setattr(upsample, "_WHOLE_FRACTION", whole)
     low = _blobs(12)
     logits = _processor_path(low, reshaped, size)
     expected = logits > threshold
@@ -60,7 +63,9 @@ def test_windows_equal_the_processors_masks(size, reshaped, threshold):
     assert min(a for a in areas if a) < 0.2
 
 
-def test_rle_from_windows_is_pycocotools_encode():
+@pytest.mark.parametrize("listed_runs", [0, 20000])  # pycocotools on the whole mask / runs off the window
+def test_rle_from_windows_is_pycocotools_encode(monkeypatch, listed_runs):
+    monkeypatch.setattr(rle, "_MAX_LISTED_RUNS", listed_runs)
     rng = np.random.default_rng(0)
     masks = np.zeros((40, 37, 23), dtype=bool)
     for i, mask in enumerate(masks):

@@ -10,6 +10,9 @@ from pycocotools import mask as mask_utils
 
 __all__ = ["decode_rle", "encode_masks", "encode_window", "rle_area", "rle_to_json"]
 
+# runs beyond which encode_window hands the whole mask to pycocotools' C encoder instead of a Python list
+_MAX_LISTED_RUNS = 20000
+
 
 def encode_masks(masks: torch.Tensor | np.ndarray) -> list[dict[str, Any]]:
     """Encode ``(N, H, W)`` boolean masks as COCO compressed RLE dicts (``counts`` as ``str``).
@@ -53,6 +56,10 @@ def encode_window(window: np.ndarray, top: int, left: int, size: tuple[int, int]
             edges = np.delete(edges, np.concatenate([touching, touching + 1]))
     else:
         edges = np.zeros(0, dtype=np.int64)
+    if len(edges) > _MAX_LISTED_RUNS:  # many runs (a ragged mask): pycocotools' C encoder on the whole mask
+        whole = np.zeros((height, width), dtype=np.uint8, order="F")
+        whole[top : top + rows, left : left + cols] = window
+        return rle_to_json(mask_utils.encode(whole[:, :, None])[0])
     counts = np.diff(np.concatenate([[0], edges, [total]]))
     if len(edges) and edges[-1] == total:  # the last run ends the image: no trailing zeros
         counts = counts[:-1]

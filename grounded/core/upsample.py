@@ -7,7 +7,8 @@ combination of low-resolution values, so it can pass the threshold only near a l
 does: :func:`upsample_windows` finds that window per mask and computes both bilinear steps there alone, with
 PyTorch's own interpolation weights (read off ``F.interpolate``), separably. Values agree with the
 processor's to float rounding (the same weights, the products in another order), so a pixel can land on the
-other side of the threshold only where its logit is within rounding of it.
+other side of the threshold only where its logit is within rounding of it (none did in the tests). A window
+over most of the image (a ragged mask) is computed as the processor does, whole, and cut.
 """
 
 from __future__ import annotations
@@ -21,6 +22,10 @@ import torch
 import torch.nn.functional as F
 
 __all__ = ["Window", "upsample_windows"]
+
+# a window over more than this fraction of the image is computed as the processor does (F.interpolate of
+# the whole mask: its optimised kernel beats per-window gathers there), then cut to the window
+_WHOLE_FRACTION = 0.25
 
 
 @dataclass(frozen=True)
@@ -127,10 +132,19 @@ def upsample_windows(
             mid_cols = (int(cols2.i0[c0]), int(cols2.i1[c1 - 1]) + 1)
         lr0, lr1 = int(rows1.i0[mid_rows[0]]), int(rows1.i1[mid_rows[1] - 1]) + 1
         lc0, lc1 = int(cols1.i0[mid_cols[0]]), int(cols1.i1[mid_cols[1] - 1]) + 1
+        if (r1 - r0) * (c1 - c0) > _WHOLE_FRACTION * height * width:  # most of the image: the processor's
+            whole = F.interpolate(low[index][None, None], (ph, pw), mode="bilinear", align_corners=False)
+            whole = whole[..., :rh, :rw]
+            if not same:
+                whole = F.interpolate(whole, (height, width), mode="bilinear", align_corners=False)
+            on = (whole[0, 0, r0:r1, c0:c1] > threshold).numpy()
+            yield Window(index, (r0, r1), (c0, c1), on)
+            continue
         values = values_all[index, lr0:lr1, lc0:lc1]
-        values = _apply(values, cols1, *mid_cols, lc0, axis=1)  # width first, as PyTorch's kernel nests
-        values = _apply(values, rows1, *mid_rows, lr0, axis=0)
+        steps = [(cols1, *mid_cols, lc0, 1), (rows1, *mid_rows, lr0, 0)]  # width first, as PyTorch nests
         if rows2 is not None and cols2 is not None:
-            values = _apply(values, cols2, c0, c1, mid_cols[0], axis=1)
-            values = _apply(values, rows2, r0, r1, mid_rows[0], axis=0)
-        yield Window(index, (r0, r1), (c0, c1), values > threshold)
+            steps += [(cols2, c0, c1, mid_cols[0], 1), (rows2, r0, r1, mid_rows[0], 0)]
+        for taps, start, stop, offset, axis in steps:
+            values = _apply(values, taps, start, stop, offset, axis)
+        on = values > threshold
+        yield Window(index, (r0, r1), (c0, c1), on)
