@@ -158,3 +158,18 @@ def test_decode_many_equals_transformers_real_size():
         sparse, dense = model.prompt_encoder(None, None, boxes, None)
         got = decode_many(model, embedding, sparse, dense[:1], False)
     _assert_same(got, expected)
+
+
+def test_decode_many_under_bf16_autocast_stays_close():
+    """The GPU path's precision (bf16 autocast) runs and stays near fp32 (bf16 rounding only)."""
+    model = _model("tiny")
+    embedding, boxes = _embedding(model), _boxes(model, 5)
+    with torch.inference_mode():
+        expected = model(image_embeddings=embedding, input_boxes=boxes, multimask_output=False)
+        sparse, dense = model.prompt_encoder(None, None, boxes, None)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            masks, iou = decode_many(model, embedding, sparse, dense[:1], False)
+    scale = expected.pred_masks.abs().max()
+    assert (masks.float() - expected.pred_masks).abs().max() < 0.05 * scale
+    assert ((masks > 0) == (expected.pred_masks > 0)).float().mean() > 0.98
+    assert (iou.float() - expected.iou_scores).abs().max() < 0.05
