@@ -16,7 +16,8 @@ from grounded.core.detections import Detections, fits_dense
 from grounded.core.images import LoadedImage
 from grounded.core.levels import Levels, LevelSelection, order_levels, select_levels
 from grounded.core.lru import LruCache
-from grounded.core.rle import encode_masks
+from grounded.core.rle import encode_masks, encode_window
+from grounded.core.upsample import Window, upsample_windows
 from grounded.engine import register_adapter
 from grounded.models.sources import (
     ModelSourceError,
@@ -28,6 +29,7 @@ from grounded.models.sources import (
 from grounded.models.tinyvit import is_tinyvit_config, load_tinyvit_sam
 from grounded.runtime.compat import fix_sam_hq_decoder
 from grounded.runtime.device import autocast
+from grounded.runtime.fast_decoder import CHUNK, decode_many, supports_decode_many
 from grounded.runtime.fast_kernels import accelerate_sam, compile_modules
 
 __all__ = ["SAM", "SAM2", "SAMHQ", "ImageEmbedding"]
@@ -70,12 +72,16 @@ class SAM(ModelAdapter):
         cache_size: image embeddings kept, keyed on image content (0 disables the cache).
         device, precision: as for the detector.
         fast_kernels: SAM / HQ-SAM ViT attention adds its relative-position bias a block of queries at a
-            time instead of materialising it for all (:mod:`grounded.runtime.fast_kernels`); bit-identical results.
+            time instead of materialising it for all (:mod:`grounded.runtime.fast_kernels`), bit-identical;
+            plain SAM's mask decoder computes the image side shared by all prompts once
+            (:mod:`grounded.runtime.fast_decoder`), the same masks up to float rounding.
         compile: ``torch.compile`` the image encoder (the first call is slow).
     """
 
     outputs: ClassVar[dict[str, Any]] = {"detections": list[Detections]}
     expects_hq: ClassVar[bool] = False
+    #: masks upsampled in windows (:func:`~grounded.core.upsample.upsample_windows`), not by the processor
+    windowed_upsampling: ClassVar[bool] = True
     model_types: ClassVar[tuple[str, ...]] = ("sam", "sam_hq")
     what: ClassVar[str] = "segmenter"
 
@@ -208,6 +214,8 @@ class SAM(ModelAdapter):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Low-res mask logits ``(N, M, h, w)`` and predicted IoU ``(N, M)`` for N box or point prompts."""
         n = len(boxes) if boxes is not None else len(points)  # type: ignore[arg-type]
+        if self.fast_kernels and not self.is_hq and supports_decode_many(self._model):
+            return self._decode_shared(embedding, boxes, points, multimask)
         low_parts, iou_parts = [], []
         for start in range(0, n, self.max_boxes_per_call):
             stop = start + self.max_boxes_per_call
@@ -221,6 +229,33 @@ class SAM(ModelAdapter):
             low_parts.append(out.pred_masks[0].float())
             iou_parts.append(out.iou_scores[0].float())
         return torch.cat(low_parts), torch.cat(iou_parts)
+
+    def _decode_shared(
+        self,
+        embedding: ImageEmbedding,
+        boxes: torch.Tensor | None,
+        points: torch.Tensor | None,
+        multimask: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`_decode_raw` through :func:`~grounded.runtime.fast_decoder.decode_many` (SAM's decoder with
+        the prompt-independent image side computed once; the same masks up to float rounding)."""
+        prompts = self._prompts(embedding, boxes, points)
+        with autocast(self.device, self.precision):
+            sparse, dense = self._model.prompt_encoder(
+                input_points=prompts.get("input_points"),
+                input_labels=prompts.get("input_labels"),
+                input_boxes=prompts.get("input_boxes"),
+                input_masks=None,
+            )
+            low_res, iou = decode_many(
+                self._model,
+                embedding.embedding,
+                sparse,
+                dense[:1],
+                multimask,
+                chunk=min(CHUNK, self.max_boxes_per_call),
+            )
+        return low_res[0].float(), iou[0].float()
 
     def decode(self, embedding: ImageEmbedding, boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Masks ``(N, H, W)`` bool at the original size and their predicted IoU ``(N,)`` for xyxy pixel boxes.
@@ -352,11 +387,42 @@ class SAM(ModelAdapter):
         """Low-res logits ``(n, 1, h, w)`` → bool masks ``(n, H, W)``, a few at a time to bound float memory."""
         return torch.cat([masks for _, masks in self._upsample_parts(low_res, embedding)])
 
+    def _windows(self, low_res: torch.Tensor, embedding: ImageEmbedding) -> Iterator[Window] | None:
+        """The processor's upsampling of ``(n, 1, h, w)`` logits, each mask computed only in the window where
+        it can be on (:func:`~grounded.core.upsample.upsample_windows`); None where not available."""
+        if not self.windowed_upsampling:
+            return None
+        pad = self._processor.image_processor.pad_size
+        return upsample_windows(
+            low_res[:, 0],
+            (int(pad["height"]), int(pad["width"])),
+            embedding.reshaped_size,
+            embedding.original_size,
+            self.mask_threshold,
+        )
+
     def _upsample_parts(
         self, low_res: torch.Tensor, embedding: ImageEmbedding
     ) -> Iterator[tuple[int, torch.Tensor]]:
-        """``(start, masks)``: :meth:`_upsample` in groups whose float upsampling fits ``_UPSAMPLE_BYTES``."""
+        """``(start, masks)``: :meth:`_upsample` in groups whose float upsampling (or, computed in windows,
+        bool masks) fits ``_UPSAMPLE_BYTES``."""
         height, width = embedding.original_size
+        windows = self._windows(low_res, embedding)
+        if windows is not None:
+            step = max(1, _UPSAMPLE_BYTES // max(height * width, 1))
+            masks = None
+            for window in windows:
+                start = window.index - window.index % step
+                if window.index == start:
+                    if masks is not None:
+                        yield start - step, masks.to(self.device)
+                    masks = torch.zeros((min(step, len(low_res) - start), height, width), dtype=torch.bool)
+                assert masks is not None
+                (r0, r1), (c0, c1) = window.rows, window.cols
+                masks[window.index - start, r0:r1, c0:c1] = torch.from_numpy(window.mask)
+            if masks is not None:
+                yield len(low_res) - len(masks), masks.to(self.device)
+            return
         step = max(1, _UPSAMPLE_BYTES // (4 * max(height * width, 1024 * 1024)))
         for i in range(0, len(low_res), step):
             yield i, self._post_process(low_res[i : i + step], embedding)[:, 0].to(self.device)
@@ -388,6 +454,13 @@ class SAM(ModelAdapter):
             masks, scores = self.decode(embedding, det.boxes)
             return det.with_masks(masks.to(det.device), scores.to(det.device))
         rles: list[dict[str, Any]] = []
+        if self.granularity == "best" and self.windowed_upsampling:  # from each mask's window alone
+            low_res, iou = self._decode_raw(embedding, boxes=det.boxes, multimask=self.multimask_output)
+            rows = torch.arange(len(det), device=low_res.device)
+            pick = iou.argmax(dim=-1)
+            for w in self._windows(low_res[rows, pick][:, None], embedding) or ():
+                rles.append(encode_window(w.mask, w.rows[0], w.cols[0], det.image_size))
+            return det.with_mask_rles(rles, iou[rows, pick].to(det.device))
         score_parts = []
         for masks, scores in self._decode_parts(embedding, det.boxes):
             rles.extend(encode_masks(masks))
@@ -419,6 +492,7 @@ class SAM2(SAM):
     """
 
     model_types: ClassVar[tuple[str, ...]] = ("sam2",)
+    windowed_upsampling: ClassVar[bool] = False  # its processor upsamples in one step: post_process_masks
 
     def __init__(self, model: str = "facebook/sam2.1-hiera-tiny", **kwargs: Any) -> None:
         if kwargs.get("hq_token_only"):

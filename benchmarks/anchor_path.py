@@ -132,10 +132,20 @@ def _check_loaded(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], n
 class Anchor:
     """The per-image work of grounded_sam_demo.py with models loaded once."""
 
-    def __init__(self, gdino: Any, predictor: Any, prompt: str, max_boxes: int) -> None:
+    def __init__(
+        self,
+        gdino: Any,
+        predictor: Any,
+        prompt: str,
+        max_boxes: int,
+        box_threshold: float = BOX_THRESHOLD,
+        text_threshold: float = TEXT_THRESHOLD,
+    ) -> None:
         import groundingdino.datasets.transforms as T
 
         self.gdino, self.predictor, self.prompt, self.max_boxes = gdino, predictor, prompt, max_boxes
+        self.box_threshold, self.text_threshold = box_threshold, text_threshold
+        self.phrases: list[str] = []
         self.transform = T.Compose(
             [
                 T.RandomResize([800], max_size=1333),
@@ -151,14 +161,15 @@ class Anchor:
         from groundingdino.util.inference import predict
 
         image, _ = self.transform(image_pil, None)
-        boxes, scores, _phrases = predict(
-            self.gdino, image, self.prompt, BOX_THRESHOLD, TEXT_THRESHOLD, device="cpu"
+        boxes, scores, phrases = predict(
+            self.gdino, image, self.prompt, self.box_threshold, self.text_threshold, device="cpu"
         )
         self.above_threshold = len(boxes)
         if self.max_boxes and len(boxes) > self.max_boxes:
             best = scores.argsort(descending=True, stable=True)[: self.max_boxes]
             boxes, scores = boxes[best], scores[best]
-        self.scores = scores
+            phrases = [phrases[int(i)] for i in best]
+        self.scores, self.phrases = scores, list(phrases)
         return boxes
 
     def encode(self, image: np.ndarray, predictor: Any | None = None) -> None:
@@ -238,6 +249,68 @@ def run(
     return {k: statistics.median(v) for k, v in times.items()}, outputs
 
 
+def write_demo_outputs(
+    image: np.ndarray, masks: Any, xyxy: torch.Tensor, labels: list[str], out: Path
+) -> None:
+    """What ``grounded_sam_demo.py`` writes per image: the matplotlib figure of the image with every mask
+    (random colour, alpha 0.6) and box + label (``grounded_sam_output.jpg``, dpi 300), and ``save_mask_data``'s
+    instance map figure (``mask.jpg``) and ``mask.json``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    plt.figure(figsize=(10, 10))
+    plt.imshow(image)
+    axes = plt.gca()
+    for mask in masks:
+        color = np.concatenate([np.random.random(3), np.array([0.6])], axis=0)
+        m = mask.cpu().numpy()
+        axes.imshow(m.reshape(m.shape[-2], m.shape[-1], 1) * color.reshape(1, 1, -1))
+    for box, label in zip(xyxy.numpy(), labels, strict=True):
+        x0, y0 = box[0], box[1]
+        axes.add_patch(
+            plt.Rectangle((x0, y0), box[2] - x0, box[3] - y0, edgecolor="green", facecolor=(0, 0, 0, 0), lw=2)
+        )
+        axes.text(x0, y0, label)
+    plt.axis("off")
+    plt.savefig(out / "grounded_sam_output.jpg", bbox_inches="tight", dpi=300, pad_inches=0.0)
+    plt.close("all")
+    mask_img = torch.zeros(masks.shape[-2:])
+    for idx, mask in enumerate(masks):
+        mask_img[mask.cpu().numpy()[0]] = idx + 1
+    plt.figure(figsize=(10, 10))
+    plt.imshow(mask_img.numpy())
+    plt.axis("off")
+    plt.savefig(out / "mask.jpg", bbox_inches="tight", dpi=300, pad_inches=0.0)
+    plt.close("all")
+    data = [{"value": 0, "label": "background"}]
+    for idx, (label, box) in enumerate(zip(labels, xyxy.numpy().tolist(), strict=True)):
+        data.append({"value": idx + 1, "label": label, "box": box})
+    (out / "mask.json").write_text(json.dumps(data))
+
+
+def whole_process(anchor: Anchor, images: list[str], out: Path) -> dict[str, float]:
+    """Each image once, as the demo runs (no warm-up): the stages and the demo's outputs, in seconds."""
+    from PIL import Image
+
+    totals = {"detector_s": 0.0, "sam_encoder_s": 0.0, "sam_decoder_s": 0.0, "outputs_s": 0.0, "boxes": 0.0}
+    for name in images:
+        pixels = bench_image(name)
+        size = (pixels.shape[1], pixels.shape[0])
+        detector_s, boxes = _timed(anchor.detect, Image.fromarray(pixels))
+        encoder_s, _ = _timed(anchor.encode, pixels)
+        decoder_s, (masks, _iou, xyxy) = _timed(anchor.decode, boxes, size)
+        labels = [f"{p}({float(s):.2f})" for p, s in zip(anchor.phrases, anchor.scores, strict=True)]
+        outputs_s, _ = _timed(write_demo_outputs, pixels, masks, xyxy, labels, out / name.replace("@", "_"))
+        for key, value in zip(
+            totals, (detector_s, encoder_s, decoder_s, outputs_s, float(len(xyxy))), strict=True
+        ):
+            totals[key] += value
+    return totals
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--gdino-checkpoint", type=Path, required=True, help="groundingdino_swint_ogc.pth")
@@ -259,6 +332,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch CPU threads")
     parser.add_argument("--max-boxes", type=int, default=5, help="boxes SAM decodes, best first (0: all)")
     parser.add_argument("--dump", type=Path, help="write the last run's boxes, masks and IoU to this .npz")
+    parser.add_argument("--box-threshold", type=float, default=BOX_THRESHOLD)
+    parser.add_argument("--text-threshold", type=float, default=TEXT_THRESHOLD)
+    parser.add_argument(
+        "--whole",
+        help="comma-separated images: run each once as the demo does, writing its outputs to --out",
+    )
+    parser.add_argument("--out", type=Path, help="output folder of --whole")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     image = bench_image(args.image)
@@ -273,7 +353,14 @@ def main(argv: list[str] | None = None) -> int:
             hq_note = f"HQ-SAM skipped: segment-anything-hq is not installed in this venv ({exc})"
             print(hq_note, file=sys.stderr)
     load_s = time.perf_counter() - start
-    anchor = Anchor(gdino, predictor, args.prompt, args.max_boxes)
+    anchor = Anchor(gdino, predictor, args.prompt, args.max_boxes, args.box_threshold, args.text_threshold)
+    if args.whole:
+        if args.out is None:
+            parser.error("--whole needs --out")
+        with torch.no_grad():
+            totals = whole_process(anchor, [v for v in args.whole.split(",") if v], args.out)
+        print(json.dumps({"load_s": round(load_s, 2), **{k: round(v, 3) for k, v in totals.items()}}))
+        return 0
     with torch.no_grad():
         medians, outputs = run(anchor, image, args.repeats, hq)
     masks, iou, xyxy = outputs[:3]

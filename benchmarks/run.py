@@ -9,6 +9,7 @@ official file layouts (``benchmarks/anchor_weights.py``) and timed by ``benchmar
 official venv (``tests/parity/make_gdino_venv.sh`` → ``.parity-venv``; without it that part is skipped).
 
 Run (grounded's venv): ``.venv/bin/python benchmarks/run.py [--repeats 3] [--out benchmarks/latest.md]``.
+The 100-boxes-an-image rows (mask decoder, results, whole processes: issue 19) are ``benchmarks/many_boxes.py``.
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+import grounded.adapters.sam as sam_module
 from grounded.adapters import SAM, SAMHQ, GroundingDINO
 from grounded.core.detections import Detections
 from grounded.core.images import load_image
@@ -164,7 +165,7 @@ def test_per_image_prompts(detector, image_files):
 
 
 @pytest.mark.parametrize("hq", [False, True])
-def test_sam_masks_one_decoder_call_per_image(request, hq, image_files):
+def test_sam_masks_one_decoder_call_per_image(request, hq, image_files, monkeypatch):
     folder = request.getfixturevalue("tiny_sam_hq" if hq else "tiny_sam")
     sam = SAM(model=str(folder), device="cpu")
     assert sam.is_hq == hq
@@ -182,8 +183,17 @@ def test_sam_masks_one_decoder_call_per_image(request, hq, image_files):
     calls = []
     original = sam._model.forward
     sam._model.forward = lambda *a, **k: calls.append(k["input_boxes"].shape) or original(*a, **k)
+    shared = sam_module.decode_many  # plain SAM: the decoder that shares the image side (issue 19)
+    monkeypatch.setattr(
+        sam_module,
+        "decode_many",
+        lambda model, emb, sparse, *a, **k: (
+            calls.append(sparse.shape[:2]) or shared(model, emb, sparse, *a, **k)
+        ),
+    )
     out = sam.segment(images, dets)
-    assert calls == [torch.Size([1, 2, 4]), torch.Size([1, 1, 4])]
+    calls = [tuple(c)[:2] for c in calls]
+    assert calls == [(1, 2), (1, 1)]  # one decoder call per image, all its boxes at once
     assert out[0].masks.shape == (2, 400, 600) and out[0].masks.dtype == torch.bool
     assert out[1].masks.shape == (1, 512, 512)
     assert out[0].mask_scores.shape == (2,)
@@ -199,8 +209,8 @@ def test_sam_box_scaling_matches_the_processor(tiny_sam, image_files):
     inputs = sam._processor(images=image.pixels, input_boxes=box, return_tensors="pt")
     (emb,) = sam.encode([image])
     sent = []
-    original = sam._model.forward
-    sam._model.forward = lambda *a, **k: sent.append(k["input_boxes"]) or original(*a, **k)
+    original = sam._prompts  # what goes to the prompt encoder (transformers' path or the shared decoder)
+    sam._prompts = lambda *a: sent.append(original(*a)["input_boxes"]) or original(*a)
     sam.decode(emb, torch.tensor(box[0]))
     assert torch.allclose(sent[0].float(), inputs["input_boxes"].float(), atol=1e-4)
     assert torch.allclose(emb.embedding, sam._model.get_image_embeddings(inputs["pixel_values"]), atol=1e-5)

@@ -8,19 +8,63 @@ import numpy as np
 import torch
 from pycocotools import mask as mask_utils
 
-__all__ = ["decode_rle", "encode_masks", "rle_area", "rle_to_json"]
+__all__ = ["decode_rle", "encode_masks", "encode_window", "rle_area", "rle_to_json"]
+
+# runs beyond which encode_window hands the whole mask to pycocotools' C encoder instead of a Python list
+_MAX_LISTED_RUNS = 20000
 
 
 def encode_masks(masks: torch.Tensor | np.ndarray) -> list[dict[str, Any]]:
-    """Encode ``(N, H, W)`` boolean masks as COCO compressed RLE dicts (``counts`` as ``str``)."""
+    """Encode ``(N, H, W)`` boolean masks as COCO compressed RLE dicts (``counts`` as ``str``).
+
+    Each mask is cut to the rows and columns it occupies and encoded by :func:`encode_window` (the same
+    bytes as ``pycocotools.mask.encode`` of the whole mask, without its column-major copy of the image)."""
     if isinstance(masks, torch.Tensor):
         masks = masks.detach().to("cpu", torch.bool).numpy()
     if masks.ndim != 3:
         raise ValueError(f"expected masks of shape (N, H, W), got {masks.shape}")
-    if len(masks) == 0:
-        return []
-    fortran = np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8))
-    return [rle_to_json(rle) for rle in mask_utils.encode(fortran)]
+    size = (int(masks.shape[1]), int(masks.shape[2]))
+    out = []
+    for mask in masks:
+        mask = mask.astype(bool, copy=False)
+        rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+        if not len(rows):
+            out.append(encode_window(mask[:0, :0], 0, 0, size))
+            continue
+        window = mask[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+        out.append(encode_window(window, int(rows[0]), int(cols[0]), size))
+    return out
+
+
+def encode_window(window: np.ndarray, top: int, left: int, size: tuple[int, int]) -> dict[str, Any]:
+    """COCO compressed RLE of a ``size`` mask that is ``window`` (bool) at ``(top, left)`` and 0 elsewhere.
+
+    The runs are read off the window alone (column-major, as COCO counts them) and compressed by
+    ``pycocotools`` (``frPyObjects`` of the uncompressed counts): the same bytes as ``mask_utils.encode``."""
+    height, width = size
+    rows, cols = window.shape
+    if top < 0 or left < 0 or top + rows > height or left + cols > width:
+        raise ValueError(f"window {window.shape} at ({top}, {left}) is outside a {size} mask")
+    total = height * width
+    if rows and cols:
+        padded = np.zeros((cols, rows + 2), dtype=np.int8)  # each window column, a 0 above and below
+        padded[:, 1:-1] = window.T
+        column, position = np.nonzero(np.diff(padded, axis=1))  # run starts and ends, in column-major order
+        edges = (left + column).astype(np.int64) * height + top + position
+        touching = np.flatnonzero(edges[1:] == edges[:-1])  # a run that goes on into the next column
+        if len(touching):
+            edges = np.delete(edges, np.concatenate([touching, touching + 1]))
+    else:
+        edges = np.zeros(0, dtype=np.int64)
+    if len(edges) > _MAX_LISTED_RUNS:  # many runs (a ragged mask): pycocotools' C encoder on the whole mask
+        whole = np.zeros((height, width), dtype=np.uint8, order="F")
+        whole[top : top + rows, left : left + cols] = window
+        return rle_to_json(mask_utils.encode(whole[:, :, None])[0])
+    counts = np.diff(np.concatenate([[0], edges, [total]]))
+    if len(edges) and edges[-1] == total:  # the last run ends the image: no trailing zeros
+        counts = counts[:-1]
+    rle = mask_utils.frPyObjects({"counts": counts.tolist(), "size": [height, width]}, height, width)
+    return rle_to_json(rle)
 
 
 def rle_to_json(rle: dict[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,175 @@
+"""grounded.runtime.fast_decoder computes transformers' SAM mask decoder for many prompts (issue 19)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+from transformers import SamModel
+
+import grounded.runtime.fast_decoder as fast_decoder
+from grounded.adapters import SAM
+from grounded.core.images import load_image
+from grounded.models.testing import sam_config
+from grounded.runtime.fast_decoder import decode_many, decoder_flops, supports_decode_many
+from grounded.tasks.bench import healthy_weights
+
+
+def _model(size: str, seed: int = 0) -> SamModel:
+    torch.manual_seed(seed)
+    model = SamModel(sam_config(size)).eval().requires_grad_(False)
+    healthy_weights(model, seed=seed)  # trained-scale weights: masks differ from box to box
+    return model
+
+
+def _boxes(model: SamModel, n: int, seed: int = 0) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    side = model.config.prompt_encoder_config.image_size
+    corner = torch.rand(n, 2, generator=gen) * side * 0.7
+    size = torch.rand(n, 2, generator=gen) * side * 0.3 + 2
+    return torch.cat([corner, corner + size], 1)[None]
+
+
+def _embedding(model: SamModel, seed: int = 0) -> torch.Tensor:
+    side = model.config.prompt_encoder_config.image_embedding_size
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(1, model.config.mask_decoder_config.hidden_size, side, side, generator=gen)
+
+
+def _assert_same(got: tuple[torch.Tensor, torch.Tensor], expected: object) -> None:
+    masks, iou = got
+    assert masks.shape == expected.pred_masks.shape and iou.shape == expected.iou_scores.shape
+    assert (masks - expected.pred_masks).abs().max() <= 1e-4
+    assert (iou - expected.iou_scores).abs().max() <= 1e-4
+    ours, theirs = masks > 0, expected.pred_masks > 0
+    inter = (ours & theirs).flatten(-2).sum(-1).float()
+    union = (ours | theirs).flatten(-2).sum(-1).float()
+    assert bool((torch.where(union > 0, inter / union.clamp(min=1), 1.0) >= 0.999).all())
+    spread = expected.pred_masks.flatten(-2).std(dim=1).mean()  # masks differ from box to box
+    assert spread > 0.05 and 0.02 < theirs.float().mean() < 0.98
+
+
+@pytest.mark.parametrize("multimask", [False, True])
+@pytest.mark.parametrize(("chunk", "block"), [(1, 4096), (3, 5), (64, 64)])
+def test_decode_many_equals_transformers_for_boxes(monkeypatch, multimask, chunk, block):
+    monkeypatch.setattr(fast_decoder, "BLOCK", block)  # upscaler blocks: ragged, one row, a whole prompt
+    model = _model("tiny")
+    embedding, boxes = _embedding(model), _boxes(model, 7)
+    with torch.inference_mode():
+        expected = model(image_embeddings=embedding, input_boxes=boxes, multimask_output=multimask)
+        sparse, dense = model.prompt_encoder(None, None, boxes, None)
+        got = decode_many(model, embedding, sparse, dense[:1], multimask, chunk=chunk)
+    _assert_same(got, expected)
+
+
+def test_decode_many_equals_transformers_for_points():
+    model = _model("tiny", seed=3)
+    embedding = _embedding(model, seed=3)
+    points = torch.tensor([[[[10.0, 20.0], [90.0, 70.0]], [[64.0, 64.0], [5.0, 120.0]], [[30, 100], [1, 1]]]])
+    labels = torch.tensor([[[1, 0], [1, 1], [1, -1]]])
+    with torch.inference_mode():
+        expected = model(image_embeddings=embedding, input_points=points, input_labels=labels)
+        sparse, dense = model.prompt_encoder(points, labels, None, None)
+        got = decode_many(model, embedding, sparse, dense[:1], True)
+    _assert_same(got, expected)
+
+
+def test_decode_many_refuses_what_it_cannot_share():
+    model = _model("tiny")
+    embedding = _embedding(model)
+    sparse, dense = model.prompt_encoder(None, None, _boxes(model, 2), None)
+    with pytest.raises(ValueError, match="one image"):
+        decode_many(model, embedding.expand(2, -1, -1, -1), sparse, dense[:1], False)
+    with pytest.raises(ValueError, match="dense"):
+        decode_many(model, embedding, sparse, dense.expand(2, -1, -1, -1), False)
+    assert supports_decode_many(model)
+
+
+def _math_attention(query, key, value, scale):
+    return ((query @ key.transpose(-1, -2)) * scale).softmax(-1) @ value
+
+
+@pytest.mark.parametrize("size", ["tiny", "vit-b"])
+def test_decoder_flops_count_the_products(monkeypatch, size):
+    """The floor's FLOP count equals torch's count of both formulations' matrix products (SDPA written out
+    as products, eager attention in transformers, so that every product is counted)."""
+    config = sam_config(size)
+    config._attn_implementation = "eager"
+    model = SamModel(config).eval().requires_grad_(False)
+    for module in model.modules():
+        if hasattr(module, "config"):
+            module.config._attn_implementation = "eager"
+    monkeypatch.setattr(
+        fast_decoder,
+        "F",
+        type(
+            "F",
+            (),
+            {"scaled_dot_product_attention": staticmethod(_math_attention), "layer_norm": torch.layer_norm},
+        ),
+    )
+    n = 3
+    boxes, embedding = _boxes(model, n), _embedding(model)
+    sparse, dense = model.prompt_encoder(None, None, boxes, None)
+    positions = model.get_image_wide_positional_embeddings()  # SamModel's, outside its decoder
+    for multimask in (False, True):
+        with FlopCounterMode(display=False) as theirs:
+            model.mask_decoder(embedding, positions, sparse, dense, multimask)
+        with FlopCounterMode(display=False) as ours:
+            decode_many(model, embedding, sparse, dense[:1], multimask)
+        flops = decoder_flops(config, masks=3 if multimask else 1)
+        assert flops.transformers_per_prompt == pytest.approx(theirs.get_total_flops() / n, rel=1e-6)
+        assert flops.total(n) == pytest.approx(ours.get_total_flops(), rel=1e-5)
+    if size == "vit-b":  # sharing the first layer's image side and folding the rest: under half the work
+        assert flops.per_prompt < 0.5 * flops.transformers_per_prompt
+
+
+def test_sam_adapter_uses_the_shared_decoder(tiny_sam, astronaut, monkeypatch):
+    image = load_image(astronaut, name="astronaut")
+    boxes = torch.tensor([[10.0, 20.0, 300.0, 400.0], [100.0, 50.0, 200.0, 500.0], [0.0, 0.0, 511.0, 511.0]])
+    results = {}
+    calls = []
+    real = fast_decoder.decode_many
+    monkeypatch.setattr("grounded.adapters.sam.decode_many", lambda *a, **k: calls.append(1) or real(*a, **k))
+    for fast in (True, False):
+        segmenter = SAM(
+            model=str(tiny_sam), device="cpu", fast_kernels=fast, cache_size=0, max_boxes_per_call=2
+        )
+        segmenter.warm_up()
+        healthy_weights(segmenter._model, seed=2)
+        (embedding,) = segmenter.encode([image])
+        results[fast] = segmenter.decode(embedding, boxes), segmenter._decode_raw(embedding, boxes=boxes)
+    assert calls == [1, 1]  # the fast path, twice; the baseline never
+    (fast_masks, fast_iou), (fast_low, _) = results[True]
+    (slow_masks, slow_iou), (slow_low, _) = results[False]
+    torch.testing.assert_close(fast_iou, slow_iou, atol=1e-5, rtol=1e-5)
+    assert (fast_low - slow_low).abs().max() <= 1e-4
+    assert (fast_masks == slow_masks).float().mean() > 0.9999
+    assert 0.01 < fast_masks.float().mean() < 0.99
+
+
+@pytest.mark.slow
+def test_decode_many_equals_transformers_real_size():
+    """SAM ViT-B's decoder (256 channels, 64x64 embedding), 100 boxes on one image."""
+    model = _model("vit-b")
+    embedding, boxes = _embedding(model), _boxes(model, 100)
+    with torch.inference_mode():
+        expected = model(image_embeddings=embedding, input_boxes=boxes, multimask_output=False)
+        sparse, dense = model.prompt_encoder(None, None, boxes, None)
+        got = decode_many(model, embedding, sparse, dense[:1], False)
+    _assert_same(got, expected)
+
+
+def test_decode_many_under_bf16_autocast_stays_close():
+    """The GPU path's precision (bf16 autocast) runs and stays near fp32 (bf16 rounding only)."""
+    model = _model("tiny")
+    embedding, boxes = _embedding(model), _boxes(model, 5)
+    with torch.inference_mode():
+        expected = model(image_embeddings=embedding, input_boxes=boxes, multimask_output=False)
+        sparse, dense = model.prompt_encoder(None, None, boxes, None)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            masks, iou = decode_many(model, embedding, sparse, dense[:1], False)
+    scale = expected.pred_masks.abs().max()
+    assert (masks.float() - expected.pred_masks).abs().max() < 0.05 * scale
+    assert ((masks > 0) == (expected.pred_masks > 0)).float().mean() > 0.98
+    assert (iou.float() - expected.iou_scores).abs().max() < 0.05
