@@ -92,6 +92,14 @@ def test_rle_from_windows_is_pycocotools_encode(monkeypatch, listed_runs):
     )
     with pytest.raises(ValueError, match="outside"):
         encode_window(np.ones((5, 5), bool), 35, 0, (37, 23))
+    # the same masks as windows of a larger image (under a quarter of it: runs read off the window in NumPy)
+    for window in masks:
+        canvas = np.zeros((80, 60), dtype=bool)
+        canvas[20:57, 15:38] = window
+        assert encode_window(window, 20, 15, (80, 60)) == encode_masks(canvas[None])[0]
+        assert encode_window(window, 20, 15, (80, 60)) == rle_to_json(
+            mask_utils.encode(np.asfortranarray(canvas[:, :, None].astype(np.uint8)))[0]
+        )
 
 
 def _results(tiny_sam, image, det, windowed, folder, monkeypatch):

@@ -46,6 +46,8 @@ def encode_window(window: np.ndarray, top: int, left: int, size: tuple[int, int]
     if top < 0 or left < 0 or top + rows > height or left + cols > width:
         raise ValueError(f"window {window.shape} at ({top}, {left}) is outside a {size} mask")
     total = height * width
+    if 4 * rows * cols > total:  # a window over much of the image: pycocotools' C encoder is cheaper
+        return _encode_whole(window, top, left, size)
     if rows and cols:
         padded = np.zeros((cols, rows + 2), dtype=np.int8)  # each window column, a 0 above and below
         padded[:, 1:-1] = window.T
@@ -57,14 +59,18 @@ def encode_window(window: np.ndarray, top: int, left: int, size: tuple[int, int]
     else:
         edges = np.zeros(0, dtype=np.int64)
     if len(edges) > _MAX_LISTED_RUNS:  # many runs (a ragged mask): pycocotools' C encoder on the whole mask
-        whole = np.zeros((height, width), dtype=np.uint8, order="F")
-        whole[top : top + rows, left : left + cols] = window
-        return rle_to_json(mask_utils.encode(whole[:, :, None])[0])
+        return _encode_whole(window, top, left, size)
     counts = np.diff(np.concatenate([[0], edges, [total]]))
     if len(edges) and edges[-1] == total:  # the last run ends the image: no trailing zeros
         counts = counts[:-1]
     rle = mask_utils.frPyObjects({"counts": counts.tolist(), "size": [height, width]}, height, width)
     return rle_to_json(rle)
+
+
+def _encode_whole(window: np.ndarray, top: int, left: int, size: tuple[int, int]) -> dict[str, Any]:
+    whole = np.zeros(size, dtype=np.uint8, order="F")
+    whole[top : top + window.shape[0], left : left + window.shape[1]] = window
+    return rle_to_json(mask_utils.encode(whole[:, :, None])[0])
 
 
 def rle_to_json(rle: dict[str, Any]) -> dict[str, Any]:
