@@ -19,7 +19,7 @@ import torch
 
 from grounded.adapters.common import ModelAdapter
 from grounded.adapters.video import Masks, ObjectPrompt, VideoTracker
-from grounded.core.checks import at_least
+from grounded.core.checks import at_least, finite
 from grounded.core.images import LoadedImage
 from grounded.core.prompts import Prompt
 from grounded.engine import register_adapter
@@ -55,6 +55,7 @@ class SAM2Video(ModelAdapter, VideoTracker):
         precision: str = "fp32",
     ) -> None:
         at_least(1, max_cond_frames=max_cond_frames)
+        finite(mask_threshold=mask_threshold)  # a logit, as SAM's
         super().__init__()
         self._session: Any = None
         self._size: tuple[int, int] = (0, 0)

@@ -369,6 +369,12 @@ def test_range_checks_refuse_nan_and_non_numbers(tiny_gdino, tiny_sam, image, tm
     with pytest.raises(ValueError, match="mask_threshold must be finite, got -inf"):
         SAM(mask_threshold=-math.inf)
     assert SAM(mask_threshold=-2.5).mask_threshold == -2.5  # any finite logit is a threshold
+    from grounded.adapters.sam2_video import SAM2Video
+
+    with pytest.raises(ValueError, match="mask_threshold must be a number, got nan"):
+        SAM2Video(mask_threshold=math.nan)
+    with pytest.raises(ValueError, match="mask_threshold must be finite, got inf"):
+        SAM2Video(mask_threshold=math.inf)
     out = tmp_path / "out"
     run = [
         "run",
