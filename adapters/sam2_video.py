@@ -5,7 +5,12 @@ objects are added with a mask or a box on a frame and each later frame is segmen
 earlier ones. The session would keep every frame and every frame's memory; here it is pruned after each
 frame to what the model can still read (the current frame's pixels, the last ``num_maskmem`` /
 ``max_object_pointers_in_encoder`` frames' outputs and the ``max_cond_frames`` latest conditioning frames
-of each object), so memory stays flat on long videos.
+of each object), so memory stays flat on long videos; the full-size mask logits kept for the memory
+encoder are dropped once their frame is done (nothing reads them again).
+
+The tracker is resumable: :meth:`SAM2Video.state_dict` is the pruned session (the current frame's pixels,
+each object's inputs, outputs and memories, the id maps) as CPU tensors; :meth:`SAM2Video.load_state_dict`
+rebuilds a session from it that gives the same masks on the next frames as the original.
 """
 
 from __future__ import annotations
@@ -29,6 +34,32 @@ __all__ = ["SAM2Video"]
 
 # the session's per-object dictionaries, keyed by the model-side object index
 _PER_OBJECT = ("point_inputs_per_obj", "mask_inputs_per_obj", "output_dict_per_obj", "frames_tracked_per_obj")
+# a frame output's full-size mask logits: read by the memory encoder on its own frame only
+_DONE_WITH = "high_res_masks"
+
+
+def _saved(tree: Any) -> Any:
+    """``tree`` with its tensors on the CPU (a view is copied out of its larger storage, so only what it
+    shows is saved) and without the full-size mask logits."""
+    if isinstance(tree, torch.Tensor):
+        tensor = tree.detach().to("cpu")
+        return tensor.clone() if tensor.untyped_storage().nbytes() > tensor.nbytes else tensor
+    if isinstance(tree, dict):
+        return {k: _saved(v) for k, v in tree.items() if k != _DONE_WITH}
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(_saved(v) for v in tree)
+    return tree
+
+
+def _loaded(tree: Any, device: Any) -> Any:
+    """``tree`` with its tensors moved to ``device``; dictionaries become plain ``dict`` again."""
+    if isinstance(tree, torch.Tensor):
+        return tree.to(device)
+    if isinstance(tree, dict):
+        return {k: _loaded(v, device) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(_loaded(v, device) for v in tree)
+    return tree
 
 
 @register_adapter("sam2_video")
@@ -45,6 +76,7 @@ class SAM2Video(ModelAdapter, VideoTracker):
     model_types: ClassVar[tuple[str, ...]] = ("sam2_video", "sam2")
     model_class: ClassVar[str] = "Sam2VideoModel"
     what: ClassVar[str] = "video tracker"
+    resumable: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -177,12 +209,53 @@ class SAM2Video(ModelAdapter, VideoTracker):
             cond = outputs["cond_frame_outputs"]
             for frame in sorted(cond)[: -self.max_cond_frames]:
                 del cond[frame]
+            for table in (cond, outputs["non_cond_frame_outputs"]):
+                for frame, out in table.items():
+                    if frame < index:
+                        out.pop(_DONE_WITH, None)
             tracked = session.frames_tracked_per_obj[idx]
             for frame in [f for f in tracked if f < index - window]:
                 del tracked[frame]
             for table in (session.point_inputs_per_obj[idx], session.mask_inputs_per_obj[idx]):
                 for frame in [f for f in table if f < index]:
                     del table[frame]
+
+    def state_dict(self) -> dict[str, Any]:
+        session = self._session
+        if session is None:
+            raise RuntimeError("SAM2Video.state_dict() before start()")
+        return {
+            "size": list(self._size),
+            "obj_ids": [int(o) for o in session.obj_ids],  # in model-side index order
+            "frames": {int(f): _saved(t) for f, t in (session.processed_frames or {}).items()},
+            "point_inputs": _saved(session.point_inputs_per_obj),
+            "mask_inputs": _saved(session.mask_inputs_per_obj),
+            "outputs": _saved(session.output_dict_per_obj),
+            "tracked": _saved(session.frames_tracked_per_obj),
+            "new_inputs": [int(o) for o in session.obj_with_new_inputs],
+            "last": {int(k): torch.from_numpy(np.ascontiguousarray(v)) for k, v in self._last.items()},
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.warm_up()
+        self._size = (int(state["size"][0]), int(state["size"][1]))
+        session = self._new_session()
+        session.video_height, session.video_width = self._size
+        frames = {int(f): t.to("cpu", dtype=torch.float32) for f, t in state["frames"].items()}
+        session.processed_frames = frames or None
+        ids = [int(o) for o in state["obj_ids"]]
+        session._obj_id_to_idx = OrderedDict((oid, i) for i, oid in enumerate(ids))
+        session._obj_idx_to_id = OrderedDict((i, oid) for i, oid in enumerate(ids))
+        session.obj_ids = list(ids)
+        session.point_inputs_per_obj = _loaded(state["point_inputs"], self.device)
+        session.mask_inputs_per_obj = _loaded(state["mask_inputs"], self.device)
+        session.output_dict_per_obj = _loaded(state["outputs"], self.device)
+        session.frames_tracked_per_obj = _loaded(state["tracked"], self.device)
+        session.obj_with_new_inputs = [int(o) for o in state["new_inputs"]]
+        if any(len(getattr(session, name)) != len(ids) for name in _PER_OBJECT):
+            raise ValueError("SAM2Video.load_state_dict: per-object tables do not match the object ids")
+        self._session = session
+        self._last = {int(k): v.numpy().astype(bool) for k, v in state["last"].items()}
 
     def state_size(self) -> int:
         session = self._session

@@ -6,6 +6,11 @@ by the job, which detects and associates on key frames (``add``, ``drop``); text
 video) find, match and number the objects themselves (``text_driven = True``, :meth:`VideoTracker.detect`).
 A tracker is not a node of a pipeline's data flow: the pipeline YAML names it as the node ``tracker``, and
 the job uses it through these methods.
+
+A ``resumable`` tracker can hand out its state (:meth:`VideoTracker.state_dict`: tensors, numbers,
+strings, lists and dicts only, so ``torch.load(weights_only=True)`` reads it back) and take it back in a new
+process (:meth:`VideoTracker.load_state_dict`, after ``start``): ``grounded track`` checkpoints an
+interrupted run with it, and the frames after a resume come out as they would have without the interruption.
 """
 
 from __future__ import annotations
@@ -34,6 +39,8 @@ class VideoTracker(Adapter):
     outputs: ClassVar[dict[str, Any]] = {}
     #: True: the tracker detects and numbers objects itself from the text prompt (no detector)
     text_driven: ClassVar[bool] = False
+    #: True: :meth:`state_dict` / :meth:`load_state_dict` work (checkpoints, resume)
+    resumable: ClassVar[bool] = False
 
     def run(self) -> dict[str, Any]:
         """Trackers have no data-flow ports; the job calls the methods below."""
@@ -70,3 +77,13 @@ class VideoTracker(Adapter):
     def state_size(self) -> int:
         """How many per-frame entries the tracker holds now (to check that memory stays bounded)."""
         return 0
+
+    def state_dict(self) -> dict[str, Any]:
+        """The tracker's state after the last frame it took, to save now (CPU tensors and plain values);
+        what the model will not read again may be left out."""
+        raise NotImplementedError(f"{type(self).__name__} cannot save its state (not resumable)")
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue from a :meth:`state_dict` (of the same settings), after :meth:`start`: the next
+        ``step`` is the frame after the one the state was taken at."""
+        raise NotImplementedError(f"{type(self).__name__} cannot load a state (not resumable)")

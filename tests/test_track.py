@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from video_oracle import SCENES, Scene, Shape, write_mp4
+from video_oracle import SCENES, Scene, Shape, crossing_scene, write_mp4
 
 from grounded.cli import main
 from grounded.core.detections import Detections
@@ -22,20 +22,7 @@ from grounded.evaluation.video import evaluate_mots
 from grounded.tasks.track import build_tracking, track
 
 PROMPT = "car . pedestrian"
-CAR, PED = 0, 1
-
-
-def crossing_scene() -> Scene:
-    """Two pedestrians cross (the first walks in front), a car passes through and leaves, another arrives."""
-    return Scene(
-        shapes=[
-            Shape(PED, (16, 12), (2, 20), (80, 20), 0, 39, depth=1, color=(220, 60, 60)),
-            Shape(PED, (16, 12), (80, 24), (2, 24), 0, 39, depth=0, color=(60, 220, 60)),
-            Shape(CAR, (10, 20), (-8, 48), (60, 48), 12, 27, color=(60, 60, 220)),
-            Shape(CAR, (10, 16), (70, 48), (76, 48), 31, 39, color=(220, 220, 60)),
-        ],
-        frames=40,
-    )
+CAR, PED = 0, 1  # as in video_oracle
 
 
 @pytest.fixture
@@ -331,15 +318,26 @@ def test_truncated_video_keeps_the_readable_frames_and_says_so(
         assert sum(1 for _ in c.decode(video=0)) == written
 
 
-def test_frames_folder_with_mixed_sizes_is_refused(tmp_path):
+def test_frames_folder_with_mixed_sizes_or_non_images_is_refused_before_any_work(
+    tmp_path, oracle_pipeline, capsys
+):
     folder = tmp_path / "frames"
     folder.mkdir()
     for i, size in enumerate([(32, 48), (32, 48), (40, 48)]):
         Image.fromarray(np.zeros((*size, 3), np.uint8)).save(folder / f"{i}.png")
-    source = open_video(folder)
-    assert source.size == (32, 48) and source.frame_count == 3
-    with pytest.raises(VideoError, match="all frames must have one size"):
-        list(source.frames())
+    with pytest.raises(VideoError, match="2.png: frame of 48x40 in a folder of 48x32 frames"):
+        open_video(folder)  # the headers are read up front
+    (folder / "2.png").write_text("not an image")
+    with pytest.raises(VideoError, match="2.png: not a readable image"):
+        open_video(folder)
+    (folder / "2.png").unlink()
+    assert open_video(folder).frame_count == 2
+    Image.fromarray(np.zeros((40, 48, 3), np.uint8)).save(folder / "3.png")
+    code = main(["track", str(folder), "-p", PROMPT, "--pipeline", oracle_pipeline(crossing_scene()),
+                 "--out", str(tmp_path / "o")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and "all frames must have one size" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()  # nothing written
 
 
 def test_frames_folder_over_the_pixel_limit_is_refused(tmp_path, monkeypatch):

@@ -5,12 +5,19 @@ other); :func:`write_mp4` encodes it with PyAV. The oracle detector returns the 
 objects on a key frame (eroded or dilated by a pixel as noise, in shuffled order); the oracle tracker
 follows each object it is given by the true object its first mask overlaps most, and returns that
 object's true masks on later frames. So the tracking logic is tested independently of model quality.
+
+The oracle detector is a pure function of the frame (its noise is seeded by the frame index, as a real
+detector gives the same boxes for the same frame), and the oracle trackers are resumable, so checkpoints
+and resume are tested with them; ``ORACLE_STALL_AT=N`` in the environment makes the tracker hang at frame
+``N`` (a run to kill at a known point).
 """
 
 from __future__ import annotations
 
+import os
 import random
-from collections.abc import Sequence
+import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -76,6 +83,22 @@ class Scene:
         return img
 
 
+CAR, PED = 0, 1
+
+
+def crossing_scene() -> Scene:
+    """Two pedestrians cross (the first walks in front), a car passes through and leaves, another arrives."""
+    return Scene(
+        shapes=[
+            Shape(PED, (16, 12), (2, 20), (80, 20), 0, 39, depth=1, color=(220, 60, 60)),
+            Shape(PED, (16, 12), (80, 24), (2, 24), 0, 39, depth=0, color=(60, 220, 60)),
+            Shape(CAR, (10, 20), (-8, 48), (60, 48), 12, 27, color=(60, 60, 220)),
+            Shape(CAR, (10, 16), (70, 48), (76, 48), 31, 39, color=(220, 220, 60)),
+        ],
+        frames=40,
+    )
+
+
 def write_mp4(scene: Scene, path: Any, fps: int = 10) -> None:
     import av
 
@@ -111,7 +134,6 @@ class OracleDetector(Adapter):
     outputs: ClassVar[dict[str, Any]] = {"detections": list[Detections]}
 
     def __init__(self, scene: str = "", seed: int = 0, drop: Sequence[list[int]] = ()) -> None:
-        self.rng = random.Random(seed)
         self.calls = 0
 
     def run(self, images: list[LoadedImage], prompt: Prompt) -> dict[str, Any]:
@@ -120,9 +142,10 @@ class OracleDetector(Adapter):
         for image in images:
             self.calls += 1
             t = frame_index(image)
+            rng = random.Random(f"{self.seed}-{t}")  # the same frame gives the same detections
             found = [(k, m) for k, m in scene.masks(t).items() if [t, k] not in [list(d) for d in self.drop]]
-            self.rng.shuffle(found)
-            masks = [_noisy(m, self.rng) for _, m in found]
+            rng.shuffle(found)
+            masks = [_noisy(m, rng) for _, m in found]
             boxes = []
             for m in masks:
                 ys, xs = np.nonzero(m)
@@ -144,9 +167,49 @@ class OracleDetector(Adapter):
         return {"detections": out}
 
 
+@register_adapter("color_detector")
+class ColorDetector(Adapter):
+    """Finds a scene's objects in the pixels by their colours (so a frame decoded the wrong way round
+    gives masks in the wrong place)."""
+
+    outputs: ClassVar[dict[str, Any]] = {"detections": list[Detections]}
+
+    def __init__(self, scene: str = "") -> None:
+        pass
+
+    def run(self, images: list[LoadedImage], prompt: Prompt) -> dict[str, Any]:
+        scene = SCENES[self.scene]
+        out = []
+        for image in images:
+            found, boxes = [], []
+            for shape in scene.shapes:
+                mask = (np.abs(image.pixels.astype(int) - shape.color) < 48).all(axis=-1)
+                if mask.sum() >= 4:
+                    ys, xs = np.nonzero(mask)
+                    found.append((shape.class_id, mask))
+                    boxes.append([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
+            n = len(found)
+            out.append(
+                Detections(
+                    boxes=torch.tensor(boxes, dtype=torch.float32).reshape(n, 4),
+                    scores=torch.full((n,), 0.9),
+                    class_ids=torch.tensor([c for c, _ in found], dtype=torch.int64),
+                    classes=Prompt.of(prompt).classes,
+                    phrases=tuple(scene.classes[c] for c, _ in found),
+                    image_size=image.size,
+                    masks=torch.from_numpy(np.stack([m for _, m in found]))
+                    if n
+                    else torch.zeros((0, *image.size), dtype=torch.bool),
+                )
+            )
+        return {"detections": out}
+
+
 @register_adapter("oracle_tracker")
 class OracleTracker(VideoTracker):
     """Follows each given object as the true object its first mask overlaps most."""
+
+    resumable = True
 
     def __init__(self, scene: str = "") -> None:
         self.bound: dict[int, int] = {}
@@ -164,6 +227,8 @@ class OracleTracker(VideoTracker):
 
     def step(self, index: int, image: LoadedImage) -> dict[int, np.ndarray]:
         assert index == self.index + 1, "frames arrive in order, none skipped"
+        if os.environ.get("ORACLE_STALL_AT") == str(index):
+            time.sleep(600)  # a run to be killed here
         self.index = index
         return self._masks(index)
 
@@ -192,14 +257,28 @@ class OracleTracker(VideoTracker):
     def state_size(self) -> int:
         return len(self.bound)
 
+    def state_dict(self) -> dict[str, Any]:
+        return {"bound": dict(self.bound), "dropped": list(self.dropped), "index": self.index}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.bound = {int(k): int(v) for k, v in state["bound"].items()}
+        self.dropped, self.index = list(state["dropped"]), int(state["index"])
+
 
 @register_adapter("oracle_text_tracker")
 class OracleTextTracker(VideoTracker):
     """A text-driven tracker: finds and numbers the true objects itself (id = object index + 1)."""
 
     text_driven = True
+    resumable = True
 
     def __init__(self, scene: str = "") -> None:
+        pass
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}  # it reads the truth afresh on every frame
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
         pass
 
     def start(self, size: tuple[int, int], prompt: Prompt) -> None:

@@ -28,7 +28,10 @@ def add_parser(subparsers: Any) -> None:
         help="text-prompted video segmentation and tracking (stable ids)",
         description="Detect the prompt's classes on key frames, carry the masks between them with a video "
         "tracker (SAM 2 video), match new detections to tracks by mask IoU (optimal assignment) and write an "
-        "annotated H.264 mp4, per-frame JSON (COCO RLE + track_id), MOTS txt, DAVIS PNGs and tracks.json.",
+        "annotated H.264 mp4, per-frame JSON (COCO RLE + track_id), MOTS txt, DAVIS PNGs and tracks.json. "
+        "An interrupted run (kill, crash, Ctrl-C) leaves a checkpoint in OUT/checkpoint/; running the same "
+        "command again resumes it at the last checkpoint, with outputs identical to an uninterrupted run (other "
+        "settings or another input are refused; --overwrite starts over).",
     )
     p.add_argument("video", type=Path, help="a video file (mp4, mov, mkv, ...) or a folder of frame images")
     p.add_argument("--prompt", "-p", required=True, help='classes separated by " . ", e.g. "person . car"')
@@ -60,6 +63,14 @@ def add_parser(subparsers: Any) -> None:
         help="follow new objects backwards over the frames since the previous key frame",
     )
     p.add_argument("--fps", type=float, default=None, help="frame rate of a frames folder (30) or override")
+    p.add_argument(
+        "--checkpoint-every",
+        type=_seconds_or_off,
+        default=60.0,
+        metavar="SECONDS",
+        help="save a checkpoint at the first key frame this many seconds after the last (60; 0: at every key "
+        "frame; off: never). Rerunning the same command resumes from it",
+    )
     p.add_argument("--detector", help="detector hub id or local folder")
     p.add_argument("--segmenter", help="key-frame segmenter hub id or local folder")
     p.add_argument("--tracker", help="video tracker hub id or local folder (e.g. facebook/sam2.1-hiera-tiny)")
@@ -70,6 +81,18 @@ def add_parser(subparsers: Any) -> None:
     add_quiet_option(p)
     add_overwrite_option(p)
     p.set_defaults(handler=handler)
+
+
+def _seconds_or_off(text: str) -> float | None:
+    if text.strip().lower() in ("off", "none", "never"):
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"seconds or 'off', got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"seconds >= 0 or 'off', got {text!r}")
+    return value
 
 
 def handler(args: argparse.Namespace) -> int:
@@ -103,10 +126,14 @@ def handler(args: argparse.Namespace) -> int:
             fps=args.fps,
             quiet=args.quiet,
             overwrite=args.overwrite,
+            checkpoint_every=args.checkpoint_every,
         )
-    fps = summary.frames / summary.seconds if summary.seconds else 0.0
+    done = summary.frames - (summary.resumed_at or 0)
+    fps = done / summary.seconds if summary.seconds else 0.0
+    resumed = f" (resumed at frame {summary.resumed_at})" if summary.resumed_at is not None else ""
     print(
-        f"grounded: {summary.frames} frame(s), {len(summary.tracks)} track(s), {fps:.1f} frames/s -> {args.out}",
+        f"grounded: {summary.frames} frame(s){resumed}, {len(summary.tracks)} track(s), {fps:.1f} frames/s "
+        f"-> {args.out}",
         file=sys.stderr,
     )
     if summary.error:

@@ -14,7 +14,7 @@ never reused within a video.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -233,6 +233,20 @@ class TrackBook:
             track.frames_seen += 1
             track.first_frame = min(track.first_frame, frame)
             track.last_frame = max(track.last_frame, frame)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The tracks and the next id as plain values (the settings are not part of it)."""
+        return {
+            "live": [asdict(t) for t in self.live.values()],
+            "ended": [asdict(t) for t in self.ended.values()],
+            "next_id": self.next_id,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Replace the tracks and the next id by a :meth:`state_dict`'s."""
+        self.live = {int(t["id"]): Track(**t) for t in state["live"]}
+        self.ended = {int(t["id"]): Track(**t) for t in state["ended"]}
+        self.next_id = int(state["next_id"])
 
     def summary(self, classes: Sequence[str]) -> list[dict[str, Any]]:
         """One record per track that was ever visible, by id."""

@@ -86,12 +86,14 @@ class VideoSource:
         )
         if not files:
             raise VideoError(f"{self.path}: no frame images ({', '.join(IMAGE_SUFFIXES)}) in the folder")
-        try:
-            first = load_image(files[0])
-        except ImageLoadError as exc:
-            raise VideoError(str(exc)) from None
+        size = _image_size(files[0])
+        _check_size(str(files[0]), *size)
+        for path in files[1:]:  # headers only: a mixed folder or a non-image is refused before any work
+            other = _image_size(path)
+            if other != size:
+                raise VideoError(_mixed(path, other, size))
         self._files = files
-        self.size = first.size
+        self.size = size
         self.fps = Fraction(fps if fps is not None else 30).limit_denominator(1001)
         self.frame_count: int | None = len(files)
 
@@ -114,7 +116,8 @@ class VideoSource:
         _check_size(str(self.path), height, width)
         if first is None:
             raise VideoError(f"{self.path}: the video has no frames")
-        self._rotation = int(getattr(first, "rotation", 0) or 0) % 360
+        # the display matrix's counter-clockwise angle, to the nearest quarter turn
+        self._rotation = round(float(getattr(first, "rotation", 0) or 0) / 90) * 90 % 360
         if self._rotation in (90, 270):
             height, width = width, height
         self.size = (height, width)
@@ -126,29 +129,30 @@ class VideoSource:
             self.fps = Fraction(30)
 
     # ------------------------------------------------------------------ reading
-    def frames(self) -> Iterator[LoadedImage]:
-        """The frames in order, named ``NAME_000000`` by index; see the module docstring for errors."""
+    def frames(self, start: int = 0) -> Iterator[LoadedImage]:
+        """The frames in order, named ``NAME_000000`` by index, from frame ``start`` on (the earlier ones
+        are decoded, as a video needs, but not converted or yielded); see the module docstring for errors."""
         self.error = None
         self.frames_read = 0
-        source = self._folder_frames() if self._files is not None else self._file_frames()
+        source = self._folder_frames(start) if self._files is not None else self._file_frames(start)
         for image in source:
             self.frames_read += 1
             yield image
 
-    def _folder_frames(self) -> Iterator[LoadedImage]:
-        for i, path in enumerate(self._files or []):
+    def _folder_frames(self, start: int) -> Iterator[LoadedImage]:
+        files = self._files or []
+        for i in range(start, len(files)):
             try:
-                image = load_image(path, name=f"{self.name}_{i:06d}")
-            except ImageLoadError as exc:
-                raise VideoError(str(exc)) from None
-            if image.size != self.size:
-                raise VideoError(
-                    f"{path}: frame of {image.size[1]}x{image.size[0]} in a folder of "
-                    f"{self.size[1]}x{self.size[0]} frames; all frames must have one size"
-                )
+                image = load_image(files[i], name=f"{self.name}_{i:06d}")
+            except ImageLoadError as exc:  # readable header, broken pixels: as a video that breaks off
+                self.error = f"reading stopped after {i} frame(s): {exc}"
+                _log.warning("%s", self.error)
+                return
+            if image.size != self.size:  # the probe read the headers; the pixels disagree
+                raise VideoError(_mixed(files[i], image.size, self.size))
             yield image
 
-    def _file_frames(self) -> Iterator[LoadedImage]:
+    def _file_frames(self, start: int) -> Iterator[LoadedImage]:
         import av
 
         try:
@@ -169,6 +173,9 @@ class VideoSource:
                     self.error = f"{self.path}: reading stopped after {i} frame(s): {_one_line(exc)}"
                     _log.warning("%s", self.error)
                     break
+                if i < start:
+                    i += 1
+                    continue
                 pixels = frame.to_ndarray(format="rgb24")
                 if self._rotation:
                     pixels = np.ascontiguousarray(np.rot90(pixels, k=self._rotation // 90))
@@ -185,6 +192,31 @@ class VideoSource:
                 f"{self.path}: the video ends after {i} of its {self.frame_count} frames (truncated?)"
             )
             _log.warning("%s", self.error)
+
+
+def _image_size(path: Path) -> tuple[int, int]:
+    """``(height, width)`` of an image file as :func:`~grounded.core.images.load_image` will give it (EXIF
+    orientation applied), from its header."""
+    import warnings
+
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                width, height = image.size
+                orientation = image.getexif().get(0x0112, 1)
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as exc:
+        raise VideoError(f"{path}: not a readable image ({_one_line(exc)})") from None
+    return (width, height) if orientation in (5, 6, 7, 8) else (height, width)
+
+
+def _mixed(path: Path, size: tuple[int, int], expected: tuple[int, int]) -> str:
+    return (
+        f"{path}: frame of {size[1]}x{size[0]} in a folder of {expected[1]}x{expected[0]} frames; "
+        "all frames must have one size"
+    )
 
 
 def open_video(path: str | Path, fps: float | None = None) -> VideoSource:

@@ -9,6 +9,12 @@ runs, its detections are matched to the tracks' propagated masks (mask IoU, opti
 their track's mask (``refresh``), and tracks missed at more than ``max_lost`` key frames in a row end.
 Frames are yielded one key-frame segment at a time (at most ``detect_every`` frames are held), so memory
 stays flat on long videos.
+
+Checkpoints: at the end of each key-frame segment (once the consumer has taken its frames) ``track`` asks
+its ``checkpoints`` whether one is due and hands it a :class:`TrackState` (the tracker's and the tracks'
+state and the masks of the key frame that opens the next segment); ``track(..., resume=state)`` continues
+from one, in a new process, with the same frames and detections after it as an uninterrupted run. Detectors
+are taken to be pure functions of the frame (the same frame gives the same detections); they hold no state.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -33,7 +39,7 @@ from grounded.engine import Pipeline, get_adapter
 from grounded.engine.pipeline import PipelineError
 from grounded.engine.serialization import pipeline_from_dict, read_pipeline_spec
 
-__all__ = ["TrackFrame", "Tracking", "build_tracking", "track"]
+__all__ = ["Checkpoints", "TrackFrame", "TrackState", "Tracking", "build_tracking", "track"]
 
 TRACKER_NODE = "tracker"
 
@@ -45,6 +51,30 @@ class TrackFrame:
     index: int
     image: LoadedImage
     detections: Detections
+
+
+@dataclass
+class TrackState:
+    """Where a run stands at the end of a key-frame segment: the frames before ``next_index`` are done;
+    frame ``next_index`` has been stepped (and detected, if a key frame) and its masks wait in
+    ``pending`` (``None`` for text-driven trackers, which checkpoint before the frame)."""
+
+    next_index: int
+    pending: Masks | None
+    tracker: dict[str, Any]
+    book: dict[str, Any]
+
+
+class Checkpoints(Protocol):
+    """What :func:`track` asks at each segment end: is a checkpoint due, and take this state."""
+
+    def due(self, index: int) -> bool:
+        """Whether to save a state whose next frame is ``index``."""
+        ...
+
+    def save(self, state: TrackState) -> None:
+        """Save ``state`` (the frames before ``state.next_index`` have all been consumed)."""
+        ...
 
 
 @dataclass
@@ -150,10 +180,14 @@ def track(
     reverse: bool = False,
     refresh: bool = True,
     book: TrackBook | None = None,
+    checkpoints: Checkpoints | None = None,
+    resume: TrackState | None = None,
 ) -> Iterator[TrackFrame]:
     """Track the prompt's classes through ``video``; yields one :class:`TrackFrame` per frame, in order.
 
     ``book`` (a fresh :class:`TrackBook` by default) holds the tracks; pass one to read the summary after.
+    ``checkpoints`` is offered a :class:`TrackState` at every segment end (``tracker.resumable`` trackers
+    only); ``resume`` continues from one: the frames before ``resume.next_index`` are skipped (not yielded).
     """
     if detect_every < 1:
         raise UserError("--detect-every must be at least 1")
@@ -164,13 +198,25 @@ def track(
     book = book if book is not None else TrackBook()
     book.max_lost, book.min_iou = max_lost, min_iou
     tracker = tracking.tracker
+    if (checkpoints is not None or resume is not None) and not tracker.resumable:
+        raise UserError(
+            f"the tracker {type(tracker).__name__} cannot save its state: no checkpoints or resume"
+        )
     tracker.start(source.size, prompt)
+    start, pending = 0, None
+    if resume is not None:
+        tracker.load_state_dict(resume.tracker)
+        book.load_state_dict(resume.book)
+        start, pending = resume.next_index, resume.pending
     if tracker.text_driven:
-        yield from _text_driven(source, prompt, tracker, book)
+        yield from _text_driven(source, prompt, tracker, book, detect_every, checkpoints, start)
         return
     assert tracking.detector is not None
     segment: list[tuple[int, LoadedImage, Masks]] = []
-    for index, image in enumerate(source.frames()):
+    for index, image in enumerate(source.frames(start=start), start=start):
+        if index == start and pending is not None:  # stepped and detected before the checkpoint
+            segment.append((index, image, pending))
+            continue
         masks = tracker.step(index, image)  # every frame, also before the first object (add() needs it)
         if index % detect_every == 0:
             detections = tracking.detector.run(images=[image], prompt=prompt)["detections"][0].to("cpu")
@@ -196,7 +242,10 @@ def track(
                 filled = tracker.backfill([(i, im) for i, im, _ in segment], index, new_masks)
                 segment = [(i, im, {**m, **filled.get(i, {})}) for i, im, m in segment]
             yield from _emit(segment, book, prompt, source.size)
-            segment = []
+            segment = [(index, image, masks)]
+            if checkpoints is not None and index > start and checkpoints.due(index):
+                checkpoints.save(TrackState(index, masks, tracker.state_dict(), book.state_dict()))
+            continue
         segment.append((index, image, masks))
     yield from _emit(segment, book, prompt, source.size)
 
@@ -210,12 +259,21 @@ def _emit(
 
 
 def _text_driven(
-    source: VideoSource, prompt: Prompt, tracker: VideoTracker, book: TrackBook
+    source: VideoSource,
+    prompt: Prompt,
+    tracker: VideoTracker,
+    book: TrackBook,
+    detect_every: int,
+    checkpoints: Checkpoints | None,
+    start: int,
 ) -> Iterator[TrackFrame]:
-    """A tracker that finds and numbers objects itself: record its tracks in ``book`` as they come."""
+    """A tracker that finds and numbers objects itself: record its tracks in ``book`` as they come
+    (checkpoints every ``detect_every`` frames, before the frame)."""
     from grounded.core.tracks import Track
 
-    for index, image in enumerate(source.frames()):
+    for index, image in enumerate(source.frames(start=start), start=start):
+        if checkpoints is not None and index > start and index % detect_every == 0 and checkpoints.due(index):
+            checkpoints.save(TrackState(index, None, tracker.state_dict(), book.state_dict()))
         det = tracker.detect(index, image).to("cpu")
         if det.track_ids is None:
             raise PipelineError(f"{type(tracker).__name__}.detect returned detections without track_ids")

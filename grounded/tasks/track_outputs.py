@@ -1,21 +1,22 @@
 """The files of ``grounded track``: annotated mp4, per-frame JSON / JSON Lines, MOTS txt, DAVIS PNGs, summary.
 
 Every file appears whole or not at all: streams (mp4, ``frames.jsonl``, ``mots.txt``) are written into
-temporary files renamed into place when the video is done; per-frame files are written atomically one by
-one; ``tracks.json`` (the summary) is written last, so its presence means the run finished.
+a temporary file (the mp4) or ``checkpoint/`` (the others) and moved into place when the video is done;
+per-frame files are written atomically one by one; ``tracks.json`` (the summary) is written last, so its
+presence means the run finished. Interrupted runs resume from their last checkpoint
+(:mod:`grounded.tasks.track_resume`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
+import shutil
 import sys
 import time
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 
@@ -27,7 +28,6 @@ from grounded.core.files import (
     atomic_write_text,
     compact_json,
     open_folder,
-    temp_path,
 )
 from grounded.core.images import LoadedImage
 from grounded.core.prompts import Prompt
@@ -36,6 +36,18 @@ from grounded.core.tracks import TrackBook
 from grounded.core.video import VideoSource, VideoWriter, open_video
 from grounded.tasks.datasets import voc_palette
 from grounded.tasks.track import TrackFrame, Tracking, track
+from grounded.tasks.track_resume import (
+    CHECKPOINT_DIR,
+    STATE,
+    Checkpoint,
+    CheckpointWriter,
+    Stream,
+    detections_from_line,
+    detections_line,
+    input_fingerprint,
+    load_checkpoint,
+    settings_diff,
+)
 
 __all__ = ["FORMATS", "TrackSummary", "draw_tracks", "label_image", "mots_lines", "track_files"]
 
@@ -52,7 +64,8 @@ class TrackSummary:
     tracks: list[dict[str, Any]] = field(default_factory=list)
     files: list[Path] = field(default_factory=list)
     error: str | None = None
-    seconds: float = 0.0
+    seconds: float = 0.0  # of this process (a resumed run: since the resume)
+    resumed_at: int | None = None  # the frame a resumed run continued at
 
 
 def label_image(det: Detections) -> np.ndarray:
@@ -139,26 +152,6 @@ def _frame_record(frame: TrackFrame) -> dict[str, Any]:
     }
 
 
-class _Stream:
-    """A text file written through a temporary file and renamed into place by :meth:`finish`."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.tmp = temp_path(path.parent)
-        self.file: IO[str] = open(self.tmp, "w", encoding="utf-8")  # noqa: SIM115 - closed by finish/abort
-
-    def finish(self) -> None:
-        self.file.flush()
-        os.fsync(self.file.fileno())
-        self.file.close()
-        os.replace(self.tmp, self.path)
-
-    def abort(self) -> None:
-        self.file.close()
-        with contextlib.suppress(OSError):
-            os.unlink(self.tmp)
-
-
 def _parse_formats(formats: str | Sequence[str]) -> list[str]:
     items = [f.strip() for f in (formats.split(",") if isinstance(formats, str) else formats) if f.strip()]
     unknown = sorted(set(items) - set(FORMATS))
@@ -180,13 +173,22 @@ def track_files(
     fps: float | None = None,
     quiet: bool = False,
     overwrite: bool = False,
+    checkpoint_every: float | None = 60.0,
 ) -> TrackSummary:
-    """Track ``video`` and write the chosen ``formats`` into ``out`` (see the module docstring)."""
+    """Track ``video`` and write the chosen ``formats`` into ``out`` (see the module docstring).
+
+    A checkpoint is taken at the first key-frame segment end ``checkpoint_every`` seconds after the last
+    (0: at every one; ``None``: never). An interrupted run in ``out`` with the same settings and input is
+    resumed; one with other settings is refused (``overwrite`` discards it).
+    """
     chosen = _parse_formats(formats)
     source = open_video(video, fps=fps)
     prompt = Prompt.of(prompt)
+    if checkpoint_every is not None and not checkpoint_every >= 0:
+        raise UserError(f"--checkpoint-every takes seconds >= 0 or 'off', got {checkpoint_every}")
     with open_folder(out) as folder:
         root = folder.path
+        work = root / CHECKPOINT_DIR
         if (root / SUMMARY).exists() and not overwrite:
             raise UserError(
                 f"{root} already holds a finished track run ({SUMMARY}); use --overwrite to replace it"
@@ -197,10 +199,51 @@ def track_files(
             and (root / "video.mp4").resolve() == source.path.resolve()
         ):
             raise UserError(f"{root / 'video.mp4'} is the input video; choose another --out")
+        settings = {
+            "input": input_fingerprint(source),
+            "classes": list(prompt.classes),
+            "formats": sorted(chosen),
+            "detect_every": detect_every,
+            "max_lost": max_lost,
+            "reverse": reverse,
+            "tracking": tracking.settings,
+        }
+        checkpoint = None if overwrite or not work.is_dir() else load_checkpoint(work)
+        if checkpoint is not None:
+            diff = settings_diff(checkpoint.settings, settings)
+            if diff:
+                shown = ", ".join(diff[:4]) + (", ..." if len(diff) > 4 else "")
+                raise UserError(
+                    f"{root} holds an interrupted run of other settings or input ({shown} differ); rerun it "
+                    "with its settings to resume it, or use --overwrite to start over"
+                )
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(exist_ok=True)
         for sub, fmt in (("frames", "json"), ("masks", "png")):
             if fmt in chosen:
                 (root / sub).mkdir(exist_ok=True)
-        return _write(tracking, source, prompt, root, chosen, detect_every, max_lost, reverse, quiet)
+        every = checkpoint_every if tracking.tracker.resumable else None
+        return _write(
+            tracking, source, prompt, root, chosen, detect_every, max_lost, reverse, quiet, settings,
+            checkpoint, every,
+        )  # fmt: skip
+
+
+def _redraw(writer: VideoWriter, source: VideoSource, log: Path, count: int, prompt: Prompt) -> None:
+    """Encode the first ``count`` frames of an interrupted run again, drawn from their logged detections."""
+    frames = source.frames()
+    with open(log, encoding="utf-8") as lines:
+        for index, (image, line) in enumerate(zip(frames, lines, strict=False)):
+            if index == count:
+                break
+            writer.write(draw_tracks(image, detections_from_line(line, prompt.classes, source.size)))
+    frames.close()  # type: ignore[attr-defined]
+    if writer.frames_written != count:
+        raise UserError(
+            f"the checkpoint in {log.parent} is damaged ({log.name} or the video holds fewer than {count} "
+            "frames); use --overwrite to start over"
+        )
 
 
 def _write(
@@ -213,37 +256,56 @@ def _write(
     max_lost: int,
     reverse: bool,
     quiet: bool,
+    settings: dict[str, Any],
+    checkpoint: Checkpoint | None,
+    every: float | None,
 ) -> TrackSummary:
     from tqdm import tqdm
 
+    work = root / CHECKPOINT_DIR
     summary = TrackSummary()
     book = TrackBook()
-    writer = VideoWriter(root / "video.mp4", source.fps, source.size) if "mp4" in chosen else None
-    streams = {
-        fmt: _Stream(root / name)
-        for fmt, name in (("jsonl", "frames.jsonl"), ("mots", "mots.txt"))
-        if fmt in chosen
-    }
-    start = time.perf_counter()
-    bar = tqdm(total=source.frame_count, unit="frame", disable=quiet, file=sys.stderr, desc="track")
+    start = checkpoint.state.next_index if checkpoint is not None else 0
+    names = [(fmt, name) for fmt, name in (("jsonl", "frames.jsonl"), ("mots", "mots.txt")) if fmt in chosen]
+    if "mp4" in chosen:
+        names.append(("render", "render.jsonl"))  # exact detections: the mp4 is drawn from them on resume
+    streams: dict[str, Stream] = {}
+    writer: VideoWriter | None = None
+    bar = tqdm(
+        total=source.frame_count, initial=start, unit="frame", disable=quiet, file=sys.stderr, desc="track"
+    )
+    begin = time.perf_counter()
     try:
+        for fmt, name in names:
+            at = None if checkpoint is None else checkpoint.streams.get(fmt, -1)
+            streams[fmt] = Stream(work / name, root / name, at)
+        if "mp4" in chosen:
+            writer = VideoWriter(root / "video.mp4", source.fps, source.size)
+            if start:
+                _redraw(writer, source, work / "render.jsonl", start, prompt)
+        checkpoints = None if every is None else CheckpointWriter(work, settings, streams, every)
+        summary.frames = start
+        summary.resumed_at = start if checkpoint is not None else None
+        begin = time.perf_counter()
         frames: Iterable[TrackFrame] = track(
-            source, prompt, tracking, detect_every=detect_every, max_lost=max_lost, reverse=reverse, book=book
-        )
+            source, prompt, tracking, detect_every=detect_every, max_lost=max_lost, reverse=reverse, book=book,
+            checkpoints=checkpoints, resume=checkpoint.state if checkpoint is not None else None,
+        )  # fmt: skip
         for frame in frames:
             det = frame.detections
             if writer is not None:
                 writer.write(draw_tracks(frame.image, det))
+                streams["render"].write(detections_line(det))
             if "json" in chosen:
                 atomic_write_text(
                     root / "frames" / f"{frame.index:06d}.json", compact_json(_frame_record(frame))
                 )
             if "jsonl" in streams:
-                streams["jsonl"].file.write(compact_json(_frame_record(frame)))
+                streams["jsonl"].write(compact_json(_frame_record(frame)))
             if "mots" in streams or "png" in chosen:
                 labels = label_image(det)
                 if "mots" in streams:
-                    streams["mots"].file.writelines(mots_lines(frame.index, det, labels))
+                    streams["mots"].writelines(mots_lines(frame.index, det, labels))
                 if "png" in chosen:
                     atomic_write_bytes(root / "masks" / f"{frame.index:06d}.png", _indexed_png(labels))
             summary.frames += 1
@@ -252,21 +314,28 @@ def _write(
         if writer is not None:
             writer.abort()
         for stream in streams.values():
-            stream.abort()
+            stream.close()
+        if not (work / STATE).exists():  # nothing to resume from
+            shutil.rmtree(work, ignore_errors=True)
         raise
     finally:
         bar.close()
+    (work / STATE).unlink(missing_ok=True)  # no longer resumable: a kill from here on starts over
     if writer is not None:
         writer.close()
         summary.files.append(writer.path)
-    for stream in streams.values():
+    for fmt, stream in streams.items():
+        if fmt == "render":
+            stream.close()
+            continue
         stream.finish()
-        summary.files.append(stream.path)
-    summary.seconds = time.perf_counter() - start
+        summary.files.append(stream.final)
+    summary.seconds = time.perf_counter() - begin
     summary.tracks = book.summary(prompt.classes)
     summary.error = source.error
     if summary.frames == 0 and summary.error is None:
         summary.error = f"{source.path}: no frames"
+    done = summary.frames - start
     record = {
         "video": {
             "path": str(source.path),
@@ -284,10 +353,11 @@ def _write(
         },
         "tracks": summary.tracks,
         "error": summary.error,
-        "frames_per_second": round(summary.frames / summary.seconds, 3) if summary.seconds > 0 else None,
+        "frames_per_second": round(done / summary.seconds, 3) if summary.seconds > 0 else None,
     }
     import json
 
     atomic_write_text(root / SUMMARY, json.dumps(record, indent=1, allow_nan=False) + "\n")
     summary.files.append(root / SUMMARY)
+    shutil.rmtree(work, ignore_errors=True)
     return summary
