@@ -199,6 +199,44 @@ def test_a_run_killed_before_its_first_checkpoint_starts_over(crossing, tmp_path
     lines = (out / "frames.jsonl").read_text().splitlines()
     assert [json.loads(line)["frame"] for line in lines] == list(range(40))
     assert sorted(p.name for p in out.iterdir()) == ["frames.jsonl", "tracks.json"]
+    # a damaged checkpoint is refused in one line (--overwrite starts over)
+    (out / "tracks.json").unlink()
+    (out / "checkpoint").mkdir()
+    (out / "checkpoint" / "state.pt").write_bytes(b"not a checkpoint")
+    assert main([*args, "--format", "jsonl", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "cannot read the checkpoint" in err and "--overwrite" in err and len(err.strip().splitlines()) == 1
+    assert main([*args, "--format", "jsonl", "--out", str(out), "--overwrite"]) == 0
+    assert not (out / "checkpoint").exists()
+
+
+def test_a_frames_folder_image_broken_after_its_header_stops_reading_with_a_message(tmp_path, capsys):
+    from PIL import Image
+
+    scene = crossing_scene()
+    SCENES["folder"] = scene
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for t in range(6):
+        Image.fromarray(scene.pixels(t)).save(folder / f"{t:03d}.jpg", quality=95)
+    data = (folder / "004.jpg").read_bytes()
+    (folder / "004.jpg").write_bytes(data[: len(data) // 2])  # the header is whole, the pixels are not
+    out = tmp_path / "run"
+    args = ["track", str(folder), "-p", PROMPT, "--pipeline", _pipeline(tmp_path, "folder"), "-q"]
+    assert main([*args, "--format", "json", "--out", str(out)]) == 1  # as a video that breaks off
+    err = capsys.readouterr().err
+    assert "reading stopped after 4 frame(s)" in err and "004.jpg" in err
+    summary = json.loads((out / "tracks.json").read_text())
+    assert summary["frames"] == 4 and len(list((out / "frames").glob("*.json"))) == 4
+    # a PNG cut short fails its header read (PIL reads its chunks): refused before any work
+    Image.fromarray(scene.pixels(4)).save(folder / "004.png")
+    (folder / "004.jpg").unlink()
+    data = (folder / "004.png").read_bytes()
+    (folder / "004.png").write_bytes(data[: len(data) // 2])
+    assert main([*args, "--format", "json", "--out", str(tmp_path / "png")]) == 2
+    err = capsys.readouterr().err
+    assert "004.png: not a readable image" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "png").exists()
 
 
 # ---------------------------------------------------------------------------- SAM 2 video state

@@ -4,9 +4,10 @@
 and yields :class:`~grounded.core.images.LoadedImage` frames in order, rotated upright when the file carries
 rotation metadata. The frame size is checked against the image pixel limit
 (:func:`~grounded.core.images.max_pixels`) before any frame is decoded. A file that cannot be opened, has
-no video stream or no frame, or a folder with no images or frames of different sizes raises
-:class:`VideoError` (one line). A file that breaks off mid-stream yields the readable frames, then records
-why in :attr:`VideoSource.error`. Variable frame rate videos are read frame by frame at their average rate.
+no video stream or no frame, or a folder with no images, a file that is not an image or frames of
+different sizes (every image header is read when the folder is opened) raises :class:`VideoError` (one
+line). A file (or a folder image) that breaks off mid-stream yields the readable frames, then records why in
+:attr:`VideoSource.error`. Variable frame rate videos are read frame by frame at their average rate.
 
 :class:`VideoWriter` encodes H.264 (libx264, ``yuv420p``, ``+faststart``: plays in browsers) into a temporary
 file renamed over the target when closed, so a crash never leaves half a video.
