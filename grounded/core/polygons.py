@@ -106,9 +106,17 @@ def mask_polygons(
     of its bridges)."""
     if join not in ("holes", "all"):
         raise ValueError(f"join must be 'holes' or 'all', got {join!r}")
-    rings = _trace(mask, convention)
+    if convention not in ("centre", "corner"):
+        raise ValueError(f"convention must be 'centre' or 'corner', got {convention!r}")
+    rings = _trace(mask, "centre")
     if rings is None:
         return []
+    quarters = convention == "corner"
+    if quarters:
+        out, into = _pixel_keys(rings.px, rings.py, rings.starts, rings.sizes)
+        if not _COUNT[into * 9 + out].all():  # not in the table (none is known): the mask upsampled 2x
+            rings = _trace(mask, "corner")  # type: ignore[assignment]
+            quarters = False
     n = len(rings.sizes)
     parent = rings.links[:, 3]
     if join == "holes":
@@ -124,18 +132,23 @@ def mask_polygons(
         tree = _bridge_tree(rings, group, roots)
         forced = np.concatenate([tree[2], tree[3], starts[roots]])
     else:
-        tree, forced = None, np.zeros(0, dtype=np.int64)
-    keep = _turning(rings.x, rings.y, starts, rings.sizes, forced)
-    position = np.cumsum(keep) - 1
-    sizes = np.add.reduceat(keep.astype(np.int64), starts)
-    kept = rings._replace(x=rings.x[keep], y=rings.y[keep], starts=np.cumsum(sizes) - sizes, sizes=sizes)
+        tree, forced = None, starts[roots]
+    scale, (sx, sy) = rings.scale, rings.shift
+    if quarters:  # the corners of the corner-convention rings, straight from the trace
+        x, y, position, sizes = _kept_quarters(rings.x, rings.y, starts, rings.sizes, forced)
+        scale, sx, sy = 0.5, sx + 0.25, sy + 0.25
+    else:
+        keep = _turning(rings.x, rings.y, starts, rings.sizes, forced)
+        position = np.cumsum(keep) - 1
+        sizes = np.add.reduceat(keep.astype(np.int64), starts)
+        x, y = rings.x[keep], rings.y[keep]
+    kept = rings._replace(x=x, y=y, starts=np.cumsum(sizes) - sizes, sizes=sizes)
     if tree is None:
         index, lengths = _one_ring_each(kept, roots)
     else:
         lo, hi, ilo, ihi = tree
         index, lengths = _walk(kept, group, roots, lo, hi, position[ilo], position[ihi])
-    sx, sy = rings.shift
-    points = np.stack([kept.x[index] * rings.scale + sx, kept.y[index] * rings.scale + sy], axis=1)
+    points = np.stack([kept.x[index] * scale + sx, kept.y[index] * scale + sy], axis=1)
     return np.split(points, np.cumsum(lengths)[:-1])
 
 
@@ -198,6 +211,44 @@ def _quarter_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 _COUNT, _QUARTER_X, _QUARTER_Y = _quarter_tables()
 
 
+def _turn_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Which of a pixel's quarter points are corners of the corner-convention ring (where it turns), as a bit
+    mask indexed by the directions into the previous pixel, into this one, out of it and out of the next
+    (``((a * 9 + b) * 9 + c) * 9 + d``); and, indexed by ``32 * (9 * in + out) + mask``, how many points a mask
+    keeps and (at ``5 *`` that ``+ k``) the x and y offsets of the k-th."""
+    a, b, c, d = (v.ravel() for v in np.meshgrid(*[np.arange(9)] * 4, indexing="ij"))
+    sx, sy = np.arange(9) % 3 - 1, np.arange(9) // 3 - 1
+    before, here, after = a * 9 + b, b * 9 + c, c * 9 + d
+    n_before, n_here = np.maximum(_COUNT[before], 1), _COUNT[here]
+    last_x = -2 * sx[b] + _QUARTER_X[5 * before + n_before - 1]  # the previous pixel's last point
+    last_y = -2 * sy[b] + _QUARTER_Y[5 * before + n_before - 1]
+    next_x, next_y = 2 * sx[c] + _QUARTER_X[5 * after], 2 * sy[c] + _QUARTER_Y[5 * after]
+    bits = np.zeros(len(a), dtype=np.int64)
+    for j in range(5):
+        x, y = _QUARTER_X[5 * here + j], _QUARTER_Y[5 * here + j]
+        px = np.where(j == 0, last_x, _QUARTER_X[5 * here + max(j - 1, 0)])
+        py = np.where(j == 0, last_y, _QUARTER_Y[5 * here + max(j - 1, 0)])
+        end = j == n_here - 1
+        fx = np.where(end, next_x, _QUARTER_X[5 * here + min(j + 1, 4)])
+        fy = np.where(end, next_y, _QUARTER_Y[5 * here + min(j + 1, 4)])
+        turns = ((x - px) != (fx - x)) | ((y - py) != (fy - y))
+        bits |= (turns & (j < n_here)).astype(np.int64) << j
+    kept = np.zeros(81 * 32, dtype=np.int64)
+    kept_x = np.zeros(81 * 32 * 5, dtype=np.int64)
+    kept_y = np.zeros(81 * 32 * 5, dtype=np.int64)
+    for key in np.flatnonzero(_COUNT).tolist():
+        for mask in range(32):
+            chosen = [j for j in range(int(_COUNT[key])) if mask >> j & 1]
+            slot = 32 * key + mask
+            kept[slot] = len(chosen)
+            for k, j in enumerate(chosen):
+                kept_x[5 * slot + k], kept_y[5 * slot + k] = _QUARTER_X[5 * key + j], _QUARTER_Y[5 * key + j]
+    return bits, kept, kept_x, kept_y
+
+
+_TURNS, _KEPT, _KEPT_X, _KEPT_Y = _turn_tables()
+
+
 def _trace(mask: np.ndarray, convention: Convention) -> _Rings | None:
     """Every ring of the mask (OpenCV's ``CHAIN_APPROX_NONE``: every boundary pixel) as integer grid points, with
     the scale and shift that take grid points to ``convention``; None for an empty mask."""
@@ -244,7 +295,7 @@ def _contours(
     contours, hierarchy = cv2.findContours(image, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_NONE)
     if hierarchy is None:
         return None
-    sizes = np.fromiter((len(c) for c in contours), dtype=np.int64, count=len(contours))
+    sizes = np.fromiter(map(len, contours), dtype=np.int64, count=len(contours))
     points = np.concatenate(contours).reshape(-1, 2)
     return (
         np.ascontiguousarray(points[:, 0]),
@@ -291,6 +342,41 @@ def _quarter_points(
     slot = np.repeat(5 * key - first, count) + np.arange(int(first[-1] + count[-1]))
     x = np.repeat(2 * px, count) + _QUARTER_X[slot]
     y = np.repeat(2 * py, count) + _QUARTER_Y[slot]
+    return x, y, first, np.add.reduceat(count, starts)
+
+
+def _pixel_keys(
+    px: np.ndarray, py: np.ndarray, starts: np.ndarray, sizes: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each traced pixel's direction out (``_steps``) and into it."""
+    ends = starts + sizes
+    out = _steps(px, py, starts, ends)
+    return out, _preceding(out, starts, ends)
+
+
+def _kept_quarters(
+    px: np.ndarray, py: np.ndarray, starts: np.ndarray, sizes: np.ndarray, forced: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The corners of the corner-convention rings of traced rings (``_QUARTER_TABLE`` points where the ring
+    turns, ``_TURNS``), and each ``forced`` pixel's first quarter point: x, y (2x grid), each pixel's first
+    kept point and the rings' sizes. A ring that would keep fewer than 3 points keeps all."""
+    ends = starts + sizes
+    out, into = _pixel_keys(px, py, starts, ends - starts)
+    key = into * 9 + out
+    bits = _TURNS[((_preceding(into, starts, ends) * 9 + into) * 9 + out) * 9 + _following(out, starts, ends)]
+    bits[forced] |= 1
+    slot = 32 * key + bits
+    count = _KEPT[slot]
+    few = np.add.reduceat(count, starts) < 3
+    if few.any():
+        full = np.repeat(few, sizes)
+        slot[full] = 32 * key[full] + 31
+        count = _KEPT[slot]
+    first = np.cumsum(count) - count
+    total = int(first[-1] + count[-1])
+    pick = np.repeat(5 * slot - first, count) + np.arange(total)
+    x = np.repeat(2 * px, count) + _KEPT_X[pick]
+    y = np.repeat(2 * py, count) + _KEPT_Y[pick]
     return x, y, first, np.add.reduceat(count, starts)
 
 
@@ -362,11 +448,15 @@ def _bridges(
     """Candidate bridges: from each ring's leftmost, rightmost, topmost and bottommost pixel to the next
     boundary pixel along its row or column (it belongs to another ring, and the bridge crosses no ring), and
     of length 0 to another ring through that same pixel. Returns ring ids, pixel indices and weights: the
-    pixels of background a bridge crosses (where ``grid`` says; ``cv2.fillPoly`` draws them), then its
-    length."""
-    x = px.astype(np.int64) - int(px.min())
-    y = py.astype(np.int64) - int(py.min())
-    width, height = int(x.max()) + 1, int(y.max()) + 1
+    pixels of background a bridge crosses (where ``grid``, the image the pixels are in, says; ``cv2.fillPoly``
+    draws them), then its length."""
+    if grid is None:
+        x = px.astype(np.int64) - int(px.min())
+        y = py.astype(np.int64) - int(py.min())
+        width, height = int(x.max()) + 1, int(y.max()) + 1
+    else:
+        x, y = px.astype(np.int64), py.astype(np.int64)
+        height, width = grid.shape
     count = len(x)
     ids = np.arange(count, dtype=np.int64)
     along_rows = y * width + x
@@ -378,58 +468,77 @@ def _bridges(
     leftmost, topmost = extreme(along_cols), extreme(along_rows)
     rightmost, bottommost = extreme((width - 1 - x) * height + y), extreme((height - 1 - y) * width + x)
     queries = np.concatenate([leftmost, rightmost, topmost, bottommost])
+    at_rows, at_cols = along_rows[queries], along_cols[queries]
+    if (
+        grid is None or count * 16 < width * height
+    ):  # few pixels: sorted (a pixel several rings pass stays several)
+        by_row, by_col = np.argsort(along_rows, kind="stable"), np.argsort(along_cols, kind="stable")
+        rows, cols = along_rows[by_row], along_cols[by_col]
+        low_r, high_r = np.searchsorted(rows, at_rows, "left"), np.searchsorted(rows, at_rows, "right")
+        low_c, high_c = np.searchsorted(cols, at_cols, "left"), np.searchsorted(cols, at_cols, "right")
+        through = [by_row[low_r], by_row[high_r - 1]]
+        row_pixel, col_pixel = by_row, by_col
+    else:  # many: the grid's boundary pixels (those OpenCV traces: a 4-neighbour in the background), in order
+        import cv2
+
+        inner = cv2.erode(
+            grid,
+            cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3)),
+            borderType=cv2.BORDER_CONSTANT,
+            borderValue=0,
+        )
+        border = grid > inner
+        rows = np.flatnonzero(border)
+        cols = np.flatnonzero(cv2.transpose(border.view(np.uint8)).view(bool))
+        painted = np.zeros(width * height, dtype=np.int32)  # 1 + the first (then the last) pixel there
+        painted[along_rows[::-1]] = ids[::-1] + 1
+        through = [painted[at_rows].astype(np.int64) - 1]
+        painted[along_rows] = ids + 1
+        through.append(painted[at_rows].astype(np.int64) - 1)
+        low_r = np.searchsorted(rows, at_rows)
+        low_c = np.searchsorted(cols, at_cols)
+        high_r, high_c = low_r + 1, low_c + 1
+        row_pixel = col_pixel = None
     src, dst, weights = [], [], []
+    for other in through:  # another ring through the query pixel: a bridge of length 0
+        shared = owner[other] != owner[queries]
+        src.append(queries[shared])
+        dst.append(other[shared])
+        weights.append(np.zeros(int(shared.sum()), dtype=np.int64))
     span = width + height + 2
-    few = count * 16 < width * height
-    for axis, flat, line, scans in (
-        (0, along_rows, width, ((leftmost, -1), (rightmost, 1))),
-        (1, along_cols, height, ((topmost, -1), (bottommost, 1))),
+    n = len(starts)
+    for k, (ordered, low, high, at, line, step, axis) in enumerate(
+        (
+            (rows, low_r, high_r, at_rows, width, -1, 0),  # leftmost, to the left
+            (rows, low_r, high_r, at_rows, width, 1, 0),
+            (cols, low_c, high_c, at_cols, height, -1, 1),  # topmost, upwards
+            (cols, low_c, high_c, at_cols, height, 1, 1),
+        )
     ):
-        # the pixels in row (column) order, and where each query pixel is in it (from ``low`` to ``high - 1``)
-        if few:  # few: sorted (a pixel several rings pass through stays several)
-            pixel_of = np.argsort(flat, kind="stable")
-            ordered = flat[pixel_of]
-            at = flat[queries]
-            low, high = np.searchsorted(ordered, at, "left"), np.searchsorted(ordered, at, "right")
-            through = [pixel_of[low], pixel_of[high - 1]]
-        else:  # many: painted (the first and the last ring through a pixel), read back in order
-            painted = np.zeros(width * height, dtype=np.int32)
-            at = flat[queries]
-            if axis == 0:
-                painted[flat[::-1]] = ids[::-1] + 1
-                through = [painted[at].astype(np.int64) - 1]
-            painted[flat] = ids + 1
-            ordered = np.flatnonzero(painted)
-            pixel_of = painted[ordered].astype(np.int64) - 1
-            painted[ordered] = np.arange(len(ordered))
-            low = painted[at].astype(np.int64)
-            high = low + 1
-            if axis == 0:
-                through.append(pixel_of[low])
-        if axis == 0:  # another ring through the query pixel: a bridge of length 0
-            for other in through:
-                shared = owner[other] != owner[queries]
-                src.append(queries[shared])
-                dst.append(other[shared])
-                weights.append(np.zeros(int(shared.sum()), dtype=np.int64))
-        n = len(starts)
-        for k, (query, step) in enumerate(scans):
-            part = slice((2 * axis + k) * n, (2 * axis + k + 1) * n)
-            pos = low[part] - 1 if step < 0 else high[part]
-            ok = (pos >= 0) & (pos < len(ordered))
-            pos = pos[ok]
-            hit, here, query = ordered[pos], at[part][ok], query[ok]
-            ok = hit // line == here // line
-            hit, here, query, pos = hit[ok], here[ok], query[ok], pos[ok]
-            length = np.abs(hit - here)
-            weight = length
-            if grid is not None:  # the pixel next to the query along the bridge (all between are alike)
-                nx, ny = (px[query] + step, py[query]) if axis == 0 else (px[query], py[query] + step)
-                inside = grid[np.clip(ny, 0, grid.shape[0] - 1), np.clip(nx, 0, grid.shape[1] - 1)] != 0
-                weight = np.where((length > 1) & ~inside, length - 1, 0) * span + length
-            src.append(query)
-            dst.append(pixel_of[pos])
-            weights.append(weight)
+        part = slice(k * n, (k + 1) * n)
+        pos = low[part] - 1 if step < 0 else high[part]
+        ok = (pos >= 0) & (pos < len(ordered))
+        pos, here, query = pos[ok], at[part][ok], queries[part][ok]
+        hit = ordered[pos]
+        ok = hit // line == here // line
+        hit, here, query, pos = hit[ok], here[ok], query[ok], pos[ok]
+        if axis == 0:
+            other = row_pixel[pos] if row_pixel is not None else painted[hit].astype(np.int64) - 1
+        else:
+            other = (
+                col_pixel[pos]
+                if col_pixel is not None
+                else painted[(hit % height) * width + hit // height].astype(np.int64) - 1
+            )
+        length = np.abs(hit - here)
+        weight = length
+        if grid is not None:  # the pixel next to the query along the bridge (all between are alike)
+            nx, ny = (x[query] + step, y[query]) if axis == 0 else (x[query], y[query] + step)
+            inside = grid[np.clip(ny, 0, height - 1), np.clip(nx, 0, width - 1)] != 0
+            weight = np.where((length > 1) & ~inside, length - 1, 0) * span + length
+        src.append(query)
+        dst.append(other)
+        weights.append(weight)
     ia, ib = np.concatenate(src), np.concatenate(dst)
     return owner[ia], owner[ib], ia, ib, np.concatenate(weights)
 
@@ -455,7 +564,9 @@ def _spanning_tree(
     lo, hi = np.where(flip, b, a), np.where(flip, a, b)
     ilo, ihi = np.where(flip, ib, ia), np.where(flip, ia, ib)
     pair = lo * n + hi
-    order = np.lexsort((length, pair))
+    top = int(length.max()) + 1 if len(length) else 1
+    # one key (the pair, then the weight) where it fits in 64 bits
+    order = np.argsort(pair * top + length) if n * n * top < 2**62 else np.lexsort((length, pair))
     pair, length = pair[order], length[order]
     best = np.ones(len(pair), dtype=bool)
     best[1:] = pair[1:] != pair[:-1]  # the shortest bridge of each pair of rings
