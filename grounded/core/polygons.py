@@ -115,8 +115,9 @@ def mask_polygons(
     if quarters:
         out, into = _pixel_keys(rings.px, rings.py, rings.starts, rings.sizes)
         if not _COUNT[into * 9 + out].all():  # not in the table (none is known): the mask upsampled 2x
-            rings = _trace(mask, "corner")  # type: ignore[assignment]
-            quarters = False
+            upsampled = _trace(mask, "corner")
+            assert upsampled is not None  # the same mask, traced
+            rings, quarters = upsampled, False
     n = len(rings.sizes)
     parent = rings.links[:, 3]
     if join == "holes":
@@ -469,9 +470,11 @@ def _bridges(
     rightmost, bottommost = extreme((width - 1 - x) * height + y), extreme((height - 1 - y) * width + x)
     queries = np.concatenate([leftmost, rightmost, topmost, bottommost])
     at_rows, at_cols = along_rows[queries], along_cols[queries]
+    row_pixel: np.ndarray | None = None  # the pixel at each place of rows / cols (None: read from painted)
+    col_pixel: np.ndarray | None = None
     if (
         grid is None or count * 16 < width * height
-    ):  # few pixels: sorted (a pixel several rings pass stays several)
+    ):  # few pixels: sorted (a pixel several rings pass: several)
         by_row, by_col = np.argsort(along_rows, kind="stable"), np.argsort(along_cols, kind="stable")
         rows, cols = along_rows[by_row], along_cols[by_col]
         low_r, high_r = np.searchsorted(rows, at_rows, "left"), np.searchsorted(rows, at_rows, "right")
@@ -498,7 +501,6 @@ def _bridges(
         low_r = np.searchsorted(rows, at_rows)
         low_c = np.searchsorted(cols, at_cols)
         high_r, high_c = low_r + 1, low_c + 1
-        row_pixel = col_pixel = None
     src, dst, weights = [], [], []
     for other in through:  # another ring through the query pixel: a bridge of length 0
         shared = owner[other] != owner[queries]
