@@ -463,11 +463,21 @@ def _bridges(
     along_rows = y * width + x
     along_cols = x * height + y
 
-    def extreme(key: np.ndarray) -> np.ndarray:  # each ring's pixel of the least key
-        return np.minimum.reduceat(key * count + ids, starts) % count
+    # each ring's extreme pixels are among those where it turns (or it is one pixel): only those are compared
+    ends = starts + np.diff(np.append(starts, count))
+    step = _steps(x, y, starts, ends)
+    turn = (step != _preceding(step, starts, ends)) | (step == 4)
+    turn[starts] = True  # every ring keeps one
+    corners = np.flatnonzero(turn)
+    first = np.cumsum(np.add.reduceat(turn.astype(np.int64), starts))
+    first = np.concatenate([[0], first[:-1]])
+    cx, cy = x[corners], y[corners]
 
-    leftmost, topmost = extreme(along_cols), extreme(along_rows)
-    rightmost, bottommost = extreme((width - 1 - x) * height + y), extreme((height - 1 - y) * width + x)
+    def extreme(key: np.ndarray) -> np.ndarray:  # each ring's pixel of the least key
+        return np.minimum.reduceat(key * count + corners, first) % count
+
+    leftmost, topmost = extreme(cx * height + cy), extreme(cy * width + cx)
+    rightmost, bottommost = extreme((width - 1 - cx) * height + cy), extreme((height - 1 - cy) * width + cx)
     queries = np.concatenate([leftmost, rightmost, topmost, bottommost])
     at_rows, at_cols = along_rows[queries], along_cols[queries]
     row_pixel: np.ndarray | None = None  # the pixel at each place of rows / cols (None: read from painted)
@@ -498,8 +508,7 @@ def _bridges(
         through = [painted[at_rows].astype(np.int64) - 1]
         painted[along_rows] = ids + 1
         through.append(painted[at_rows].astype(np.int64) - 1)
-        low_r = np.searchsorted(rows, at_rows)
-        low_c = np.searchsorted(cols, at_cols)
+        low_r, low_c = _search(rows, at_rows), _search(cols, at_cols)
         high_r, high_c = low_r + 1, low_c + 1
     src, dst, weights = [], [], []
     for other in through:  # another ring through the query pixel: a bridge of length 0
@@ -543,6 +552,14 @@ def _bridges(
         weights.append(weight)
     ia, ib = np.concatenate(src), np.concatenate(dst)
     return owner[ia], owner[ib], ia, ib, np.concatenate(weights)
+
+
+def _search(ordered: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """``np.searchsorted(ordered, values)``, the values looked up in order (faster: the reads follow each other)."""
+    order = np.argsort(values)
+    out = np.empty_like(order)
+    out[order] = np.searchsorted(ordered, values[order])
+    return out
 
 
 def _spanning_tree(
