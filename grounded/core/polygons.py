@@ -465,8 +465,8 @@ def _bridges(
 
     # each ring's extreme pixels are among those where it turns (or it is one pixel): only those are compared
     ends = starts + np.diff(np.append(starts, count))
-    step = _steps(x, y, starts, ends)
-    turn = (step != _preceding(step, starts, ends)) | (step == 4)
+    codes = _steps(x, y, starts, ends)
+    turn = (codes != _preceding(codes, starts, ends)) | (codes == 4)
     turn[starts] = True  # every ring keeps one
     corners = np.flatnonzero(turn)
     first = np.cumsum(np.add.reduceat(turn.astype(np.int64), starts))
