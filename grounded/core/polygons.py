@@ -29,6 +29,7 @@ steps (pointer jumping).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Literal, NamedTuple
 
 import numpy as np
@@ -130,7 +131,7 @@ def mask_polygons(
         group = np.zeros(n, dtype=np.int64)
     starts = rings.starts
     if n > len(roots):
-        tree = _bridge_tree(rings, group, roots)
+        tree = _bridge_tree(rings, group, roots, columns=not quarters)
         forced = np.concatenate([tree[2], tree[3], starts[roots]])
     else:
         tree, forced = None, starts[roots]
@@ -150,7 +151,8 @@ def mask_polygons(
         lo, hi, ilo, ihi = tree
         index, lengths = _walk(kept, group, roots, lo, hi, position[ilo], position[ihi])
     points = np.stack([kept.x[index] * scale + sx, kept.y[index] * scale + sy], axis=1)
-    return np.split(points, np.cumsum(lengths)[:-1])
+    bounds = np.concatenate([[0], np.cumsum(lengths)]).tolist()
+    return [points[a:b] for a, b in pairwise(bounds)]
 
 
 def join_rings(rings: list[np.ndarray]) -> np.ndarray:
@@ -429,14 +431,15 @@ def _one_ring_each(rings: _Rings, roots: np.ndarray) -> tuple[np.ndarray, np.nda
 
 
 def _bridge_tree(
-    rings: _Rings, group: np.ndarray, roots: np.ndarray
+    rings: _Rings, group: np.ndarray, roots: np.ndarray, columns: bool = True
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The bridges of each group's spanning tree (:func:`_spanning_tree`), from the candidates of
-    :func:`_bridges` between rings of one group."""
+    :func:`_bridges` between rings of one group (``columns=False``: along rows only, enough where a
+    bridge's length costs nothing, the corner convention: ``pycocotools`` fills zero-width bridges exactly)."""
     n = len(rings.sizes)
     counts = np.bincount(rings.pixel_ring, minlength=n)
     a, b, ia, ib, length = _bridges(
-        rings.px, rings.py, rings.pixel_ring, np.cumsum(counts) - counts, rings.grid
+        rings.px, rings.py, rings.pixel_ring, np.cumsum(counts) - counts, rings.grid, columns
     )
     same = group[a] == group[b]
     ia, ib = rings.pixel_point[ia[same]], rings.pixel_point[ib[same]]
@@ -444,7 +447,12 @@ def _bridge_tree(
 
 
 def _bridges(
-    px: np.ndarray, py: np.ndarray, owner: np.ndarray, starts: np.ndarray, grid: np.ndarray | None
+    px: np.ndarray,
+    py: np.ndarray,
+    owner: np.ndarray,
+    starts: np.ndarray,
+    grid: np.ndarray | None,
+    columns: bool = True,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Candidate bridges: from each ring's leftmost, rightmost, topmost and bottommost pixel to the next
     boundary pixel along its row or column (it belongs to another ring, and the bridge crosses no ring), and
@@ -476,40 +484,46 @@ def _bridges(
     def extreme(key: np.ndarray) -> np.ndarray:  # each ring's pixel of the least key
         return np.minimum.reduceat(key * count + corners, first) % count
 
-    leftmost, topmost = extreme(cx * height + cy), extreme(cy * width + cx)
-    rightmost, bottommost = extreme((width - 1 - cx) * height + cy), extreme((height - 1 - cy) * width + cx)
-    queries = np.concatenate([leftmost, rightmost, topmost, bottommost])
+    scans = [
+        (extreme(cx * height + cy), -1, 0),
+        (extreme((width - 1 - cx) * height + cy), 1, 0),
+    ]  # left, right
+    if columns:  # topmost upwards, bottommost downwards
+        scans += [(extreme(cy * width + cx), -1, 1), (extreme((height - 1 - cy) * width + cx), 1, 1)]
+    queries = np.concatenate([q for q, _, _ in scans])
     at_rows, at_cols = along_rows[queries], along_cols[queries]
+    empty: np.ndarray = np.zeros(0, dtype=np.int64)
+    cols, low_c, high_c = empty, empty, empty
     row_pixel: np.ndarray | None = None  # the pixel at each place of rows / cols (None: read from painted)
     col_pixel: np.ndarray | None = None
     if (
         grid is None or count * 16 < width * height
-    ):  # few pixels: sorted (a pixel several rings pass: several)
-        by_row, by_col = np.argsort(along_rows, kind="stable"), np.argsort(along_cols, kind="stable")
-        rows, cols = along_rows[by_row], along_cols[by_col]
+    ):  # few pixels: sorted (several rings through a pixel: several)
+        row_pixel = np.argsort(along_rows, kind="stable")
+        rows = along_rows[row_pixel]
         low_r, high_r = np.searchsorted(rows, at_rows, "left"), np.searchsorted(rows, at_rows, "right")
-        low_c, high_c = np.searchsorted(cols, at_cols, "left"), np.searchsorted(cols, at_cols, "right")
-        through = [by_row[low_r], by_row[high_r - 1]]
-        row_pixel, col_pixel = by_row, by_col
+        if columns:
+            col_pixel = np.argsort(along_cols, kind="stable")
+            cols = along_cols[col_pixel]
+            low_c, high_c = np.searchsorted(cols, at_cols, "left"), np.searchsorted(cols, at_cols, "right")
+        through = [row_pixel[low_r], row_pixel[high_r - 1]]
     else:  # many: the grid's boundary pixels (those OpenCV traces: a 4-neighbour in the background), in order
         import cv2
 
-        inner = cv2.erode(
-            grid,
-            cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3)),
-            borderType=cv2.BORDER_CONSTANT,
-            borderValue=0,
-        )
-        border = grid > inner
+        cross = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
+        border = grid > cv2.erode(grid, cross, borderType=cv2.BORDER_CONSTANT, borderValue=0)
         rows = np.flatnonzero(border)
-        cols = np.flatnonzero(cv2.transpose(border.view(np.uint8)).view(bool))
+        low_r = _search(rows, at_rows)
+        high_r = low_r + 1
+        if columns:
+            cols = np.flatnonzero(cv2.transpose(border.view(np.uint8)).view(bool))
+            low_c = _search(cols, at_cols)
+            high_c = low_c + 1
         painted = np.zeros(width * height, dtype=np.int32)  # 1 + the first (then the last) pixel there
         painted[along_rows[::-1]] = ids[::-1] + 1
         through = [painted[at_rows].astype(np.int64) - 1]
         painted[along_rows] = ids + 1
         through.append(painted[at_rows].astype(np.int64) - 1)
-        low_r, low_c = _search(rows, at_rows), _search(cols, at_cols)
-        high_r, high_c = low_r + 1, low_c + 1
     src, dst, weights = [], [], []
     for other in through:  # another ring through the query pixel: a bridge of length 0
         shared = owner[other] != owner[queries]
@@ -518,14 +532,10 @@ def _bridges(
         weights.append(np.zeros(int(shared.sum()), dtype=np.int64))
     span = width + height + 2
     n = len(starts)
-    for k, (ordered, low, high, at, line, step, axis) in enumerate(
-        (
-            (rows, low_r, high_r, at_rows, width, -1, 0),  # leftmost, to the left
-            (rows, low_r, high_r, at_rows, width, 1, 0),
-            (cols, low_c, high_c, at_cols, height, -1, 1),  # topmost, upwards
-            (cols, low_c, high_c, at_cols, height, 1, 1),
+    for k, (_, step, axis) in enumerate(scans):
+        ordered, low, high, at, line = (
+            (rows, low_r, high_r, at_rows, width) if axis == 0 else (cols, low_c, high_c, at_cols, height)
         )
-    ):
         part = slice(k * n, (k + 1) * n)
         pos = low[part] - 1 if step < 0 else high[part]
         ok = (pos >= 0) & (pos < len(ordered))
@@ -535,12 +545,10 @@ def _bridges(
         hit, here, query, pos = hit[ok], here[ok], query[ok], pos[ok]
         if axis == 0:
             other = row_pixel[pos] if row_pixel is not None else painted[hit].astype(np.int64) - 1
+        elif col_pixel is not None:
+            other = col_pixel[pos]
         else:
-            other = (
-                col_pixel[pos]
-                if col_pixel is not None
-                else painted[(hit % height) * width + hit // height].astype(np.int64) - 1
-            )
+            other = painted[(hit % height) * width + hit // height].astype(np.int64) - 1
         length = np.abs(hit - here)
         weight = length
         if grid is not None:  # the pixel next to the query along the bridge (all between are alike)
