@@ -113,12 +113,12 @@ def mask_polygons(
     if rings is None:
         return []
     quarters = convention == "corner"
-    if quarters:
+    out, into = _pixel_keys(rings.px, rings.py, rings.starts, rings.sizes)
+    if quarters and not _COUNT[into * 9 + out].all():  # not in the table (none is known): upsampled 2x
+        upsampled = _trace(mask, "corner")
+        assert upsampled is not None  # the same mask, traced
+        rings, quarters = upsampled, False
         out, into = _pixel_keys(rings.px, rings.py, rings.starts, rings.sizes)
-        if not _COUNT[into * 9 + out].all():  # not in the table (none is known): the mask upsampled 2x
-            upsampled = _trace(mask, "corner")
-            assert upsampled is not None  # the same mask, traced
-            rings, quarters = upsampled, False
     n = len(rings.sizes)
     parent = rings.links[:, 3]
     if join == "holes":
@@ -131,16 +131,16 @@ def mask_polygons(
         group = np.zeros(n, dtype=np.int64)
     starts = rings.starts
     if n > len(roots):
-        tree = _bridge_tree(rings, group, roots, columns=not quarters)
+        tree = _bridge_tree(rings, group, roots, columns=not quarters, out=out)
         forced = np.concatenate([tree[2], tree[3], starts[roots]])
     else:
         tree, forced = None, starts[roots]
     scale, (sx, sy) = rings.scale, rings.shift
     if quarters:  # the corners of the corner-convention rings, straight from the trace
-        x, y, position, sizes = _kept_quarters(rings.x, rings.y, starts, rings.sizes, forced)
+        x, y, position, sizes = _kept_quarters(rings.x, rings.y, starts, rings.sizes, forced, out, into)
         scale, sx, sy = 0.5, sx + 0.25, sy + 0.25
     else:
-        keep = _turning(rings.x, rings.y, starts, rings.sizes, forced)
+        keep = _turning(rings.x, rings.y, starts, rings.sizes, forced, out, into)
         position = np.cumsum(keep) - 1
         sizes = np.add.reduceat(keep.astype(np.int64), starts)
         x, y = rings.x[keep], rings.y[keep]
@@ -358,13 +358,20 @@ def _pixel_keys(
 
 
 def _kept_quarters(
-    px: np.ndarray, py: np.ndarray, starts: np.ndarray, sizes: np.ndarray, forced: np.ndarray
+    px: np.ndarray,
+    py: np.ndarray,
+    starts: np.ndarray,
+    sizes: np.ndarray,
+    forced: np.ndarray,
+    out: np.ndarray | None = None,
+    into: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The corners of the corner-convention rings of traced rings (``_QUARTER_TABLE`` points where the ring
     turns, ``_TURNS``), and each ``forced`` pixel's first quarter point: x, y (2x grid), each pixel's first
     kept point and the rings' sizes. A ring that would keep fewer than 3 points keeps all."""
     ends = starts + sizes
-    out, into = _pixel_keys(px, py, starts, ends - starts)
+    if out is None or into is None:
+        out, into = _pixel_keys(px, py, starts, sizes)
     key = into * 9 + out
     bits = _TURNS[((_preceding(into, starts, ends) * 9 + into) * 9 + out) * 9 + _following(out, starts, ends)]
     bits[forced] |= 1
@@ -406,13 +413,20 @@ def _simplify(points: np.ndarray, tolerance: float) -> np.ndarray:
 
 
 def _turning(
-    x: np.ndarray, y: np.ndarray, starts: np.ndarray, sizes: np.ndarray, forced: np.ndarray
+    x: np.ndarray,
+    y: np.ndarray,
+    starts: np.ndarray,
+    sizes: np.ndarray,
+    forced: np.ndarray,
+    out: np.ndarray | None = None,
+    into: np.ndarray | None = None,
 ) -> np.ndarray:
     """Which points of rings of unit steps (8-neighbours) to keep: where the ring turns or goes back, the
-    ``forced`` ones, and every point of a ring that would keep fewer than 3."""
-    ends = starts + sizes
-    out = _steps(x, y, starts, ends)
-    keep = out != _preceding(out, starts, ends)
+    ``forced`` ones, and every point of a ring that would keep fewer than 3 (``out``, ``into``: the
+    steps' codes, :func:`_pixel_keys`, if known)."""
+    if out is None or into is None:
+        out, into = _pixel_keys(x, y, starts, sizes)
+    keep = out != into
     keep[forced] = True
     few = np.add.reduceat(keep.astype(np.int64), starts) < 3
     if few.any():
@@ -431,7 +445,7 @@ def _one_ring_each(rings: _Rings, roots: np.ndarray) -> tuple[np.ndarray, np.nda
 
 
 def _bridge_tree(
-    rings: _Rings, group: np.ndarray, roots: np.ndarray, columns: bool = True
+    rings: _Rings, group: np.ndarray, roots: np.ndarray, columns: bool = True, out: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The bridges of each group's spanning tree (:func:`_spanning_tree`), from the candidates of
     :func:`_bridges` between rings of one group (``columns=False``: along rows only, enough where a
@@ -439,7 +453,7 @@ def _bridge_tree(
     n = len(rings.sizes)
     counts = np.bincount(rings.pixel_ring, minlength=n)
     a, b, ia, ib, length = _bridges(
-        rings.px, rings.py, rings.pixel_ring, np.cumsum(counts) - counts, rings.grid, columns
+        rings.px, rings.py, rings.pixel_ring, np.cumsum(counts) - counts, rings.grid, columns, out
     )
     same = group[a] == group[b]
     ia, ib = rings.pixel_point[ia[same]], rings.pixel_point[ib[same]]
@@ -453,6 +467,7 @@ def _bridges(
     starts: np.ndarray,
     grid: np.ndarray | None,
     columns: bool = True,
+    out: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Candidate bridges: from each ring's leftmost, rightmost, topmost and bottommost pixel to the next
     boundary pixel along its row or column (it belongs to another ring, and the bridge crosses no ring), and
@@ -473,7 +488,7 @@ def _bridges(
 
     # each ring's extreme pixels are among those where it turns (or it is one pixel): only those are compared
     ends = starts + np.diff(np.append(starts, count))
-    codes = _steps(x, y, starts, ends)
+    codes = _steps(x, y, starts, ends) if out is None else out
     turn = (codes != _preceding(codes, starts, ends)) | (codes == 4)
     turn[starts] = True  # every ring keeps one
     corners = np.flatnonzero(turn)
