@@ -448,8 +448,9 @@ def _bridge_tree(
     rings: _Rings, group: np.ndarray, roots: np.ndarray, columns: bool = True, out: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The bridges of each group's spanning tree (:func:`_spanning_tree`), from the candidates of
-    :func:`_bridges` between rings of one group (``columns=False``: along rows only, enough where a
-    bridge's length costs nothing, the corner convention: ``pycocotools`` fills zero-width bridges exactly)."""
+    :func:`_bridges` between rings of one group (``columns=False``: along rows only and fewer bridges of
+    length 0, enough where a bridge's length costs nothing, the corner convention: ``pycocotools`` fills
+    zero-width bridges exactly wherever they run)."""
     n = len(rings.sizes)
     counts = np.bincount(rings.pixel_ring, minlength=n)
     a, b, ia, ib, length = _bridges(
@@ -535,8 +536,10 @@ def _bridges(
             low_c = _search(cols, at_cols)
             high_c = low_c + 1
         painted = np.zeros(width * height, dtype=np.int32)  # 1 + the first (then the last) pixel there
-        painted[along_rows[::-1]] = ids[::-1] + 1
-        through = [painted[at_rows].astype(np.int64) - 1]
+        through = []
+        if columns:  # where lengths count: the first ring through a query pixel too (a free bridge)
+            painted[along_rows[::-1]] = ids[::-1] + 1
+            through.append(painted[at_rows].astype(np.int64) - 1)
         painted[along_rows] = ids + 1
         through.append(painted[at_rows].astype(np.int64) - 1)
     src, dst, weights = [], [], []
