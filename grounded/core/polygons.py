@@ -512,9 +512,8 @@ def _bridges(
     cols, low_c, high_c = empty, empty, empty
     row_pixel: np.ndarray | None = None  # the pixel at each place of rows / cols (None: read from painted)
     col_pixel: np.ndarray | None = None
-    if (
-        grid is None or count * 16 < width * height
-    ):  # few pixels: sorted (several rings through a pixel: several)
+    # few pixels: sorted (several rings through a pixel: several); many: painted
+    if grid is None or count * 16 < width * height:
         row_pixel = np.argsort(along_rows, kind="stable")
         rows = along_rows[row_pixel]
         low_r, high_r = np.searchsorted(rows, at_rows, "left"), np.searchsorted(rows, at_rows, "right")
@@ -528,12 +527,15 @@ def _bridges(
 
         cross = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
         border = grid > cv2.erode(grid, cross, borderType=cv2.BORDER_CONSTANT, borderValue=0)
+        half = 2 * len(starts)  # the queries along rows, then those along columns
         rows = np.flatnonzero(border)
-        low_r = _search(rows, at_rows)
+        low_r = np.zeros(len(queries), dtype=np.int64)
+        low_r[:half] = _search(rows, at_rows[:half])
         high_r = low_r + 1
         if columns:
             cols = np.flatnonzero(cv2.transpose(border.view(np.uint8)).view(bool))
-            low_c = _search(cols, at_cols)
+            low_c = np.zeros(len(queries), dtype=np.int64)
+            low_c[half:] = _search(cols, at_cols[half:])
             high_c = low_c + 1
         painted = np.zeros(width * height, dtype=np.int32)  # 1 + the first (then the last) pixel there
         through = []
