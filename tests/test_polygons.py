@@ -239,3 +239,28 @@ def test_a_configuration_missing_from_the_table_falls_back_to_the_upsampled_trac
     assert traced == ["centre", "corner"]  # traced again, upsampled
     assert len(got) == len(expected)
     assert (polygons_to_mask([p.reshape(-1).tolist() for p in got], h, w) == mask).all()
+
+
+def test_parts_no_row_or_column_reaches_are_joined_by_their_first_points():
+    mask = np.zeros((20, 20), bool)
+    mask[1:4, 1:4] = True
+    mask[12:15, 12:15] = True  # no row or column in common with the first square
+    (joined,) = mask_polygons(mask, "centre", join="all")
+    filled = fill_polygon(joined, 20, 20)
+    assert not (mask & ~filled).any()
+    assert [1, 1] in joined.tolist() and [12, 12] in joined.tolist()  # first points, joined
+    (corner,) = mask_polygons(mask, "corner", join="all")
+    assert (polygons_to_mask([corner.reshape(-1).tolist()], 20, 20) == mask).all()
+    assert join_rings(
+        [np.array([[0, 0], [5, 0], [5, 5], [0, 5]]), np.array([[10, 7], [12, 7]])]
+    ).tolist() == [
+        [0, 0],
+        [10, 7],
+        [12, 7],
+        [10, 7],
+        [0, 0],
+        [5, 0],
+        [5, 5],
+        [0, 5],
+        [0, 0],
+    ]
