@@ -285,6 +285,62 @@ def test_ultralytics_dataset_loader_reads_every_label(dataset, elsewhere, caplog
     assert sizes == {"coins": (303, 384), "rotated": (140, 90)}
 
 
+def test_datumaro_yolo_importers_read_boxes_only(dataset, elsewhere):
+    """datumaro's ``yolo`` importer (darknet's ``obj.data`` / ``obj.names``, or ultralytics' ``data.yaml``:
+    its ``yolo_ultralytics`` source) reads detection labels only: an annotation file is taken when its first
+    line has 5 fields (class, box centre and size), so a YOLO segmentation dataset (ultralytics' own layout,
+    which ultralytics and supervision read above) has none for it. The limit is datumaro's: the README points
+    datumaro users to the COCO or VOC export, which it reads exactly (tests above); the same dataset's
+    instances as boxes are read, from the same ``data.yaml``, from another directory."""
+    import datumaro as dm
+    from datumaro.components.errors import DatasetImportError, DatasetNotFoundError, NoMatchingFormatsError
+    from datumaro.plugins.data_formats.yolo.importer import _YoloUltralyticsImporter
+
+    root = dataset["out"] / "yolo"
+    label = root / "labels" / "train" / "coins.txt"
+    # datumaro's own check of a label file, on one of ours: a segment is refused
+    with label.open() as fp, pytest.raises(DatasetImportError, match="5 fields"):
+        _YoloUltralyticsImporter._check_ann_file_impl(fp)
+    with pytest.raises(NoMatchingFormatsError):
+        dm.Dataset.detect(str(root))
+    with pytest.raises(DatasetNotFoundError):
+        dm.Dataset.import_from(str(root), "yolo")
+    # the same instances as boxes (what datumaro's YOLO formats hold) are read, from the same data.yaml
+    boxes = elsewhere / "boxes"
+    (boxes / "images").mkdir(parents=True)
+    (boxes / "data.yaml").write_bytes((root / "data.yaml").read_bytes())
+    truth = _by_image(dataset)
+    for split, names in (("train", ("coins", "rotated")), ("val", ("horse",))):
+        (boxes / "images" / split).mkdir()
+        (boxes / "labels" / split).mkdir(parents=True)
+        for name in names:
+            image = next((root / "images" / split).glob(f"{name}.*"))
+            (boxes / "images" / split / image.name).write_bytes(image.read_bytes())
+            lines = []
+            for line in (root / "labels" / split / f"{name}.txt").read_text().splitlines():
+                xy = np.asarray(line.split()[1:], float).reshape(-1, 2)
+                (x0, y0), (x1, y1) = xy.min(0), xy.max(0)
+                lines.append(
+                    f"{line.split()[0]} {(x0 + x1) / 2:.6f} {(y0 + y1) / 2:.6f} {x1 - x0:.6f} {y1 - y0:.6f}"
+                )
+            (boxes / "labels" / split / f"{name}.txt").write_text("\n".join(lines) + "\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning from the import
+        ds = dm.Dataset.import_from(str(boxes), "yolo")
+    from datumaro.components.annotation import AnnotationType
+
+    assert [lab.name for lab in ds.categories()[AnnotationType.label]] == CATEGORIES
+    assert sorted(ds.subsets()) == ["train", "val"] and len(ds) == 3
+    for item in ds:
+        items = truth[item.id]
+        assert item.media.size == items[0][1].shape
+        assert [CATEGORIES[a.label] for a in item.annotations] == [c for c, _ in items]
+        for ann, (cat, mask) in zip(item.annotations, items, strict=True):
+            x, y, w, h = ann.get_bbox()
+            x0, y0, x1, y1 = _box(mask)  # pixel squares; the YOLO vertices are pixel centres (1 px less)
+            assert np.abs(np.array([x, y, x + w, y + h]) - [x0, y0, x1 - 1, y1 - 1]).max() <= 0.05, (cat, ann)
+
+
 # ---------------------------------------------------------------------- supervision
 def _supervision_datasets(out: Path):
     import supervision as sv
@@ -453,6 +509,57 @@ def test_convert_dataset_fixes_a_run_coco_json_of_an_exif_image(dataset, elsewhe
     assert image.size == (90, 140) and tuple(target["masks"].shape) == (2, 140, 90)
     for mask, (_, true) in zip(target["masks"], dataset["truth"]["rotated.jpg"], strict=True):
         assert _iou(mask.numpy(), true) == 1.0
+
+
+def test_segment_coco_run_becomes_a_dataset_datumaro_imports(tiny_gdino, tiny_sam, elsewhere, capsys):
+    """``grounded segment --format coco`` writes the run's results (one ``coco.json`` naming the images where
+    they are, ``score`` top-level for ``loadRes``); ``grounded convert-dataset`` (the documented way, the
+    same writer as ``annotate``) lays it out as a COCO dataset that datumaro imports from another directory,
+    every mask the run's own (random-weight masks: ragged, many parts and holes)."""
+    import datumaro as dm
+    from datumaro.components.annotation import AnnotationType
+    from pycocotools import mask as mask_utils
+
+    from grounded.cli import main
+
+    photos = elsewhere / "photos"
+    photos.mkdir()
+    Image.fromarray(data.astronaut()[::4, ::4]).save(photos / "astronaut.png")
+    Image.fromarray(data.chelsea()[::3, ::3]).save(photos / "chelsea.jpg")
+    args = ["segment", str(photos / "astronaut.png"), str(photos / "chelsea.jpg"), "--prompt", "person . cat"]
+    args += ["--out", str(elsewhere / "run"), "--detector", str(tiny_gdino), "--segmenter", str(tiny_sam)]
+    assert main([*args, "--box-threshold", "0.0", "--top-k", "3", "--format", "coco", "-q"]) == 0
+    run = json.loads((elsewhere / "run" / "coco.json").read_text())
+    assert sorted(os.listdir(elsewhere / "run")) == ["coco.json"]  # the results, not a dataset
+    out = elsewhere / "dataset"
+    convert = ["convert-dataset", str(elsewhere / "run" / "coco.json"), "--images", str(photos)]
+    assert main([*convert, "--to", "coco", "--out", str(out)]) == 0, capsys.readouterr().err
+    assert json.loads((out / "validation.json").read_text())["coco"]["min_iou"] == 1.0
+    masks = {}
+    for ann in run["annotations"]:
+        info = next(im for im in run["images"] if im["id"] == ann["image_id"])
+        rle = dict(ann["segmentation"], counts=ann["segmentation"]["counts"].encode())
+        masks.setdefault(Path(info["file_name"]).stem, []).append(mask_utils.decode(rle).astype(bool))
+    os.chdir(elsewhere / "photos")  # yet another working directory
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ds = dm.Dataset.import_from(str(out / "coco"), "coco_instances")
+    labels = ds.categories()[AnnotationType.label]
+    assert [lab.name for lab in labels] == [c["name"] for c in run["categories"]]
+    assert len(ds) == 2 and all(item.media.has_data for item in ds)
+    n = 0
+    for item in ds:
+        groups: dict[int, list] = {}
+        for p in item.annotations:
+            groups.setdefault(p.group, []).append(p)
+        expected = [m for m in masks.get(item.id, []) if m.any()]
+        assert len(groups) == len(expected)
+        for key, truth in zip(sorted(groups), expected, strict=True):
+            h, w = truth.shape
+            assert item.media.size == (h, w)
+            assert _iou(dx.polygons_to_mask([p.points for p in groups[key]], h, w), truth) == 1.0
+            n += 1
+    assert n == sum(m.any() for ms in masks.values() for m in ms) and n >= 4
 
 
 def test_convert_dataset_refuses_bad_inputs(dataset, elsewhere, capsys):

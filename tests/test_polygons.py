@@ -140,3 +140,127 @@ def test_benchmark_rows():
     assert rows[0]["parts"] == 1 and rows[0]["holes"] == 0 and rows[-1]["holes"] > 10
     assert all(r["yolo_ms"] > 0 and r["coco_ms"] > 0 for r in rows)
     assert format_polygon_times(rows, 128).count("\n| ") == len(rows) + 1
+
+
+def _random_masks(count: int, seed: int = 5):
+    """Small random masks, salt-and-pepper and smoothed (every configuration of neighbours turns up)."""
+    rng = np.random.default_rng(seed)
+    for k in range(count):
+        h, w = (int(v) for v in rng.integers(2, 40, 2))
+        if k % 3 == 0:
+            yield ndimage.gaussian_filter(rng.standard_normal((h, w)), 1.5) > 0
+        else:
+            yield rng.random((h, w)) < rng.uniform(0.2, 0.8)
+
+
+def test_corner_rings_are_opencvs_trace_of_the_mask_upsampled_2x():
+    """The quarter-point table reproduces, point for point (up to the starting point), the rings OpenCV traces
+    on the mask upsampled 2x, which pycocotools fills back exactly; every entry of the table is derived
+    again here from those traces."""
+    import cv2
+
+    from grounded.core import polygons
+
+    derived: dict[int, set[tuple[int, ...]]] = {}
+    for mask in _random_masks(100):
+        if not mask.any():
+            continue
+        rings = polygons._trace(mask, "corner")
+        rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+        crop = np.ascontiguousarray(mask[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1], np.uint8)
+        big = cv2.resize(crop, (2 * crop.shape[1], 2 * crop.shape[0]), interpolation=cv2.INTER_NEAREST)
+        traced, _ = cv2.findContours(big, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_NONE)
+        assert len(traced) == len(rings.sizes)
+        for i, ring in enumerate(traced):
+            ring = ring.reshape(-1, 2)
+            span = slice(int(rings.starts[i]), int(rings.starts[i] + rings.sizes[i]))
+            mine = np.stack([rings.x[span], rings.y[span]], axis=1)
+            assert len(mine) == len(ring)
+            starts = np.flatnonzero((mine == ring[0]).all(axis=1))  # the same ring from another point
+            assert any((np.roll(mine, -int(s), 0) == ring).all() for s in starts)
+        # the table, from the trace of the mask itself and the 2x trace's points in each pixel
+        small, _ = cv2.findContours(crop, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_NONE)
+        for i, ring in enumerate(small):
+            pixels = ring.reshape(-1, 2)
+            span = slice(int(rings.starts[i]), int(rings.starts[i] + rings.sizes[i]))
+            points = np.stack([rings.x[span], rings.y[span]], axis=1)
+            keys = _keys(pixels)
+            pieces = np.split(points, np.cumsum(polygons._COUNT[keys])[:-1])
+            for key, pixel, piece in zip(keys.tolist(), pixels, pieces, strict=True):
+                quarters = piece - 2 * pixel
+                assert ((quarters >= 0) & (quarters <= 1)).all()  # inside the pixel
+                derived.setdefault(key, set()).add(tuple((quarters[:, 0] + 2 * quarters[:, 1]).tolist()))
+    table = {
+        int(k[0]) * 9 + int(k[1]): tuple(int(q) for q in v)
+        for k, v in (e.split(":") for e in polygons._QUARTER_TABLE.split())
+    }
+    assert all(len(v) == 1 for v in derived.values())  # one sequence for each pair of directions
+    assert {k: next(iter(v)) for k, v in derived.items()} == {k: table[k] for k in derived}
+    assert len(derived) >= 45  # nearly every entry turns up in these masks
+
+
+def _keys(pixels: np.ndarray) -> np.ndarray:
+    if len(pixels) == 1:
+        return np.array([4 * 9 + 4])
+    out = (np.roll(pixels, -1, 0) - pixels) @ np.array([1, 3]) + 4
+    return np.roll(out, 1) * 9 + out
+
+
+def test_random_masks_round_trip_exactly():
+    for mask in _random_masks(120, seed=7):
+        h, w = mask.shape
+        coco = polygons_to_mask([p.reshape(-1).tolist() for p in mask_polygons(mask, "corner")], h, w)
+        assert (coco == mask).all()
+        (joined,) = mask_polygons(mask, "corner", join="all") or [np.zeros((0, 2))]
+        assert (polygons_to_mask([joined.reshape(-1).tolist()] if len(joined) else [], h, w) == mask).all()
+        union = np.zeros_like(mask)
+        for poly in mask_polygons(mask, "centre"):
+            union |= fill_polygon(poly, h, w)
+        assert (union == mask).all()
+        for poly in mask_polygons(mask, "centre", join="all"):
+            assert not (mask & ~fill_polygon(poly, h, w)).any()
+
+
+def test_a_configuration_missing_from_the_table_falls_back_to_the_upsampled_trace(monkeypatch):
+    from grounded.core import polygons
+
+    mask = MASKS["coins"]()
+    h, w = mask.shape
+    expected = mask_polygons(mask, "corner")
+    rings = polygons._trace(mask, "centre")
+    out, into = polygons._pixel_keys(rings.px, rings.py, rings.starts, rings.sizes)
+    count = polygons._COUNT.copy()
+    count[int(into[0]) * 9 + int(out[0])] = 0  # as if the directions of the first pixel were unknown
+    monkeypatch.setattr(polygons, "_COUNT", count)
+    traced = []
+    real_trace = polygons._trace
+    monkeypatch.setattr(polygons, "_trace", lambda m, c: traced.append(c) or real_trace(m, c))
+    got = mask_polygons(mask, "corner")
+    assert traced == ["centre", "corner"]  # traced again, upsampled
+    assert len(got) == len(expected)
+    assert (polygons_to_mask([p.reshape(-1).tolist() for p in got], h, w) == mask).all()
+
+
+def test_parts_no_row_or_column_reaches_are_joined_by_their_first_points():
+    mask = np.zeros((20, 20), bool)
+    mask[1:4, 1:4] = True
+    mask[12:15, 12:15] = True  # no row or column in common with the first square
+    (joined,) = mask_polygons(mask, "centre", join="all")
+    filled = fill_polygon(joined, 20, 20)
+    assert not (mask & ~filled).any()
+    assert [1, 1] in joined.tolist() and [12, 12] in joined.tolist()  # first points, joined
+    (corner,) = mask_polygons(mask, "corner", join="all")
+    assert (polygons_to_mask([corner.reshape(-1).tolist()], 20, 20) == mask).all()
+    assert join_rings(
+        [np.array([[0, 0], [5, 0], [5, 5], [0, 5]]), np.array([[10, 7], [12, 7]])]
+    ).tolist() == [
+        [0, 0],
+        [10, 7],
+        [12, 7],
+        [10, 7],
+        [0, 0],
+        [5, 0],
+        [5, 5],
+        [0, 5],
+        [0, 0],
+    ]

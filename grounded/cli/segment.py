@@ -41,7 +41,9 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
         choices=("files", "coco"),
         default="files",
         help="files: NAME.json, NAME.png (overlay), NAME_labels.png (uint16 instance ids) per image; "
-        "coco: one coco.json (images, categories, annotations with RLE masks) for the whole run",
+        "coco: one coco.json (images, categories, annotations with RLE masks) for the whole run: the run's "
+        "results, naming the images where they are; grounded convert-dataset OUT/coco.json --images DIR "
+        "--to coco lays it out as a dataset",
     )
     p.add_argument(
         "--batch-size", type=int, default=None, help="images per model pass (default: adapters' own)"

@@ -91,7 +91,7 @@ def coco_polygons(mask: np.ndarray) -> list[list[float]]:
     repeating its vertices (pycocotools fills it all the same)."""
     out = []
     for poly in mask_polygons(mask, "corner", join="holes"):
-        flat = [round(float(v), 2) for v in poly.reshape(-1)]
+        flat = np.round(poly, 2).reshape(-1).tolist()  # quarter pixels: exact in 2 decimals
         while len(flat) < 6:
             flat += flat[:2]
         out.append(flat)
