@@ -29,7 +29,13 @@ from grounded.models.sources import (
 from grounded.models.tinyvit import is_tinyvit_config, load_tinyvit_sam
 from grounded.runtime.compat import fix_sam_hq_decoder
 from grounded.runtime.device import autocast
-from grounded.runtime.fast_decoder import CHUNK, decode_many, supports_decode_many
+from grounded.runtime.fast_decoder import (
+    CHUNK,
+    decode_many,
+    decode_many_hq,
+    supports_decode_many,
+    supports_decode_many_hq,
+)
 from grounded.runtime.fast_kernels import accelerate_sam, compile_modules
 
 __all__ = ["SAM", "SAM2", "SAMHQ", "ImageEmbedding"]
@@ -214,7 +220,9 @@ class SAM(ModelAdapter):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Low-res mask logits ``(N, M, h, w)`` and predicted IoU ``(N, M)`` for N box or point prompts."""
         n = len(boxes) if boxes is not None else len(points)  # type: ignore[arg-type]
-        if self.fast_kernels and not self.is_hq and supports_decode_many(self._model):
+        if self.fast_kernels and (
+            supports_decode_many_hq(self._model) if self.is_hq else supports_decode_many(self._model)
+        ):
             return self._decode_shared(embedding, boxes, points, multimask)
         low_parts, iou_parts = [], []
         for start in range(0, n, self.max_boxes_per_call):
@@ -247,14 +255,22 @@ class SAM(ModelAdapter):
                 input_boxes=prompts.get("input_boxes"),
                 input_masks=None,
             )
-            low_res, iou = decode_many(
-                self._model,
-                embedding.embedding,
-                sparse,
-                dense[:1],
-                multimask,
-                chunk=min(CHUNK, self.max_boxes_per_call),
-            )
+            chunk = min(CHUNK, self.max_boxes_per_call)
+            if self.is_hq:
+                low_res, iou = decode_many_hq(
+                    self._model,
+                    embedding.embedding,
+                    embedding.intermediate,
+                    sparse,
+                    dense[:1],
+                    multimask,
+                    self.hq_token_only,
+                    chunk=chunk,
+                )
+            else:
+                low_res, iou = decode_many(
+                    self._model, embedding.embedding, sparse, dense[:1], multimask, chunk=chunk
+                )
         return low_res[0].float(), iou[0].float()
 
     def decode(self, embedding: ImageEmbedding, boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -385,7 +401,8 @@ class SAM(ModelAdapter):
 
     def _upsample(self, low_res: torch.Tensor, embedding: ImageEmbedding) -> torch.Tensor:
         """Low-res logits ``(n, 1, h, w)`` → bool masks ``(n, H, W)``, a few at a time to bound float memory."""
-        return torch.cat([masks for _, masks in self._upsample_parts(low_res, embedding)])
+        parts = [masks for _, masks in self._upsample_parts(low_res, embedding)]
+        return parts[0] if len(parts) == 1 else torch.cat(parts)  # one part: no copy of the whole stack
 
     def _windows(self, low_res: torch.Tensor, embedding: ImageEmbedding) -> Iterator[Window] | None:
         """The processor's upsampling of ``(n, 1, h, w)`` logits, each mask computed only in the window where

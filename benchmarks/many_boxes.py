@@ -6,12 +6,16 @@ Rows (real-size random-weight Grounding DINO Swin-T + SAM ViT-B from ``grounded.
 1. **mask decoder**, 100 boxes on one image: transformers' ``SamModel`` decoder against
    ``grounded.runtime.fast_decoder.decode_many`` (the same embedding), their agreement, and the FLOP floor
    (``decoder_flops`` from the shapes, at this machine's fp32 GEMM rate measured in the same run).
+   ``--hq``: the same for HQ-SAM ViT-B (transformers' ``SamHQModel`` decoder, official HQ-SAM restored,
+   against ``decode_many_hq``), its floor from torch's FLOP count of ``decode_many_hq``.
 2. **results**, 100 masks on a 1024x1024 image: the processor's full-size upsampling + RLE of the whole
    masks (the previous path) against windowed upsampling + RLE off the windows, then the label image and
    overlay (drawn once each), and the two PNG encodes, stage by stage.
 3. **whole process**, ``grounded segment`` of 2 images (model loading and start-up included, a fresh
    process) against the anchor path doing the same two images as ``grounded_sam_demo.py`` does in one
    process (``benchmarks/anchor_path.py --whole``, official venv; skipped without it).
+   The ``segment`` row's profile is broken down stage by stage (start-up, model loading, detector, image
+   encoder, decoder, upsampling, writing, the rest) next to the anchor path's same stages.
 4. ``grounded eval coco`` (the SegInW protocol: top-100 pairs, no threshold) and ``grounded annotate`` on the
    same 2 images: images/s, and where the time goes (cProfile of the same run, so slightly pessimistic).
 
@@ -142,6 +146,58 @@ def decoder_and_results(segmenter_dir: Path, device: str, precision: str) -> dic
     return {"decoder": decoder, "results": results}
 
 
+def _counted_flops(fn: Any, n: int) -> float:
+    """torch's count of the floating-point operations of ``fn(n)`` (products, convolutions, attention)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn(n)
+    return float(counter.get_total_flops())
+
+
+def hq_decoder(segmenter_dir: Path, device: str, precision: str) -> dict[str, Any]:
+    """Row 1b: HQ-SAM ViT-B's decoder at 100 boxes, transformers' against ``decode_many_hq``, and its floor
+    from torch's FLOP count of ``decode_many_hq`` (shared + per-box, counted at 2 and 4 boxes)."""
+    from grounded.adapters import SAM
+    from grounded.tasks.bench import bench_image
+
+    kwargs = {"model": str(segmenter_dir), "device": device, "precision": precision, "cache_size": 0}
+    ours, theirs = SAM(fast_kernels=True, **kwargs), SAM(fast_kernels=False, **kwargs)
+    ours.warm_up()
+    theirs.warm_up()
+    image = bench_image("astronaut@1024")
+    (embedding,) = ours.encode([image])
+    boxes = _boxes(image.size, BOXES)
+    rate_before = gemm_rate(ours.device.type)
+    hf_s, (hf_low, hf_iou) = _timed(theirs._decode_raw, embedding, boxes=boxes)
+    ours_s, (low, iou) = _timed(ours._decode_raw, embedding, boxes=boxes)
+    rate = max(rate_before, gemm_rate(ours.device.type))
+
+    def decode(n: int) -> Any:
+        return ours._decode_raw(embedding, boxes=boxes[:n])
+
+    two, four = _counted_flops(decode, 2), _counted_flops(decode, 4)
+    per_box = (four - two) / 2
+    total = two - 2 * per_box + BOXES * per_box
+    a, b = low > 0, hf_low > 0
+    inter, union = (a & b).flatten(1).sum(1).float(), (a | b).flatten(1).sum(1).float()
+    return {
+        "transformers_s": hf_s,
+        "ours_s": ours_s,
+        "transformers_ms_per_box": 1000 * hf_s / BOXES,
+        "ours_ms_per_box": 1000 * ours_s / BOXES,
+        "speedup": hf_s / ours_s,
+        "floor_gflop": total / 1e9,
+        "per_box_gflop": per_box / 1e9,
+        "floor_s": total / rate,
+        "over_floor": ours_s / (total / rate),
+        "gemm_gflops": rate / 1e9,
+        "max_logit_diff": float((low - hf_low).abs().max()),
+        "max_iou_pred_diff": float((iou - hf_iou).abs().max()),
+        "min_mask_iou": float(torch.where(union > 0, inter / union.clamp(min=1), 1.0).min()),
+    }
+
+
 def _blob_logits(boxes: torch.Tensor, side: int, scale: float = 4.0) -> torch.Tensor:
     """``(N, 1, side, side)`` low-resolution logits of an object in each box (1024-px input, 4 px a cell)."""
     gen = torch.Generator().manual_seed(2)
@@ -188,24 +244,52 @@ def _results_stages(
     return times, masks.cpu()
 
 
+# the stages of a ``grounded`` run, by the function whose cumulative time is the stage's (file, function);
+# a stage's time excludes the model loading (``warm_up``) it triggers, which is its own row
+_STAGES = {
+    "model loading": ("common.py", "warm_up"),
+    "detector": ("grounding_dino.py", "detect"),
+    "SAM image encoder": ("sam.py", "_encode_batch"),
+    "SAM mask decoder": ("sam.py", "_decode_raw"),
+    "masks upsampled": ("sam.py", "_upsample_parts"),
+    "results written": ("export.py", "write_image_results"),
+    "COCO evaluation": ("cocoeval.py", "evaluate"),
+}
+
+
 def _profile_breakdown(path: Path) -> dict[str, float]:
-    """Cumulative seconds of the stages that matter, from a cProfile file of a ``grounded`` run."""
+    """Where the seconds of a profiled ``grounded`` run went (cProfile file): start-up (everything before the
+    CLI's ``main``: the imports of the process start), model loading, each stage without the model loading
+    it triggered, and the rest of ``main``; the imports made anywhere (cProfile counts an import's outermost
+    call only) as a separate, overlapping figure. Sums to the profiled total (cProfile's overhead inflates
+    each row a little)."""
     stats = pstats.Stats(str(path))
-    wanted = {
-        "model loading": ("sources.py", "load_weights"),
-        "detector": ("grounding_dino.py", "detect"),
-        "SAM image encoder": ("sam.py", "_encode_batch"),
-        "SAM mask decoder": ("sam.py", "_decode_raw"),
-        "masks upsampled": ("sam.py", "_upsample_parts"),
-        "of which windowed upsampling": ("upsample.py", "upsample_windows"),
-        "results written": ("export.py", "write_image_results"),
-        "COCO evaluation": ("cocoeval.py", "evaluate"),
-    }
-    found: dict[str, float] = {}
-    for (filename, _line, function), row in stats.stats.items():  # type: ignore[attr-defined]
-        for label, (file_part, name) in wanted.items():
-            if function == name and filename.endswith(file_part):
-                found[label] = found.get(label, 0.0) + row[3]
+    table = stats.stats  # type: ignore[attr-defined]
+
+    def matching(file_part: str, name: str) -> list[Any]:
+        return [key for key in table if key[2] == name and key[0].endswith(file_part)]
+
+    def cumulative(keys: list[Any]) -> float:
+        return sum(table[key][3] for key in keys)
+
+    total = float(stats.total_tt)  # type: ignore[attr-defined]
+    main = cumulative(matching("cli/__init__.py", "main"))
+    loading = matching(*_STAGES["model loading"])
+    found: dict[str, float] = {"start-up (before main)": total - main}
+    for label, (file_part, name) in _STAGES.items():
+        keys = matching(file_part, name)
+        seconds = cumulative(keys)
+        if label != "model loading":  # the loading this stage's function triggered is counted above
+            seconds -= sum(
+                row[3] for key in loading for caller, row in table[key][4].items() if caller in keys
+            )
+        if keys:
+            found[label] = seconds
+    found["rest of main"] = main - sum(v for k, v in found.items() if k != "start-up (before main)")
+    found["imports (anywhere; overlaps the rows above)"] = cumulative(
+        matching("<frozen importlib._bootstrap>", "_find_and_load")
+    )
+    found["profiled total"] = total
     return {k: round(v, 2) for k, v in found.items()}
 
 
@@ -349,6 +433,25 @@ def format_tables(results: dict[str, Any]) -> str:
         f"{d['min_mask_iou']:.5f}.",
         "",
     ]
+    hq = results.get("hq_decoder")
+    if hq:
+        lines += [
+            f"HQ-SAM ViT-B's mask decoder, {BOXES} boxes on one image:",
+            "",
+            "| decoder | seconds | ms a box | vs transformers | measured / floor |",
+            "|---|---:|---:|---:|---:|",
+            f"| transformers SamHQMaskDecoder | {hq['transformers_s']:.2f} | {hq['transformers_ms_per_box']:.0f} | "
+            f"1.00x | {hq['transformers_s'] / hq['floor_s']:.1f}x |",
+            f"| grounded decode_many_hq | {hq['ours_s']:.2f} | {hq['ours_ms_per_box']:.0f} | {hq['speedup']:.2f}x "
+            f"| **{hq['over_floor']:.2f}x** |",
+            "",
+            f"Floor: torch's FLOP count of decode_many_hq ({hq['floor_gflop']:.0f} GFLOP, "
+            f"{hq['per_box_gflop']:.2f} a box: HQ-SAM's two 3x3 mask-feature convolutions at 256x256 run for "
+            f"every box) at {hq['gemm_gflops']:.0f} GFLOP/s = {hq['floor_s']:.2f} s. Agreement: logits within "
+            f"{hq['max_logit_diff']:.1e}, IoU predictions within {hq['max_iou_pred_diff']:.1e}, min mask IoU "
+            f"{hq['min_mask_iou']:.5f}.",
+            "",
+        ]
     for kind, stages in results["results"].items():
         prev, ours = stages["previous"], stages["ours"]
         lines += [
@@ -395,7 +498,42 @@ def format_tables(results: dict[str, Any]) -> str:
             )
         else:
             lines.append("\nanchor path skipped (no official venv, or not on CPU)")
+        lines += ["", *_where_table(w["segment"], anchor)]
     return "\n".join(lines)
+
+
+# the anchor path's timed stages that match a breakdown row of ``grounded segment``
+_ANCHOR_STAGES = {
+    "model loading": "load_s",
+    "detector": "detector_s",
+    "SAM image encoder": "sam_encoder_s",
+    "SAM mask decoder": "sam_decoder_s",
+    "results written": "outputs_s",
+}
+
+
+def _where_table(segment: dict[str, Any], anchor: dict[str, Any] | None) -> list[str]:
+    """``grounded segment``'s profile breakdown, each row's share of the wall time and the anchor's same
+    stage: what bounds the whole-process ratio."""
+    wall = segment["wall_s"]
+    lines = [
+        f"Where `grounded segment`'s {wall:.1f} s go (cProfile of the same run; the anchor path timed by its "
+        "script, its start-up = wall minus its timed stages):",
+        "",
+        "| stage | grounded segment (s) | share of wall | anchor path (s) | anchor / grounded |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    timed = 0.0 if anchor is None else sum(float(anchor[k]) for k in _ANCHOR_STAGES.values())
+    for stage, seconds in segment["where"].items():
+        theirs: float | None = None
+        if anchor is not None and stage in _ANCHOR_STAGES:
+            theirs = float(anchor[_ANCHOR_STAGES[stage]])
+        elif anchor is not None and stage.startswith("start-up"):
+            theirs = float(anchor["wall_s"]) - timed
+        other = "" if theirs is None else f"{theirs:.2f}"
+        ratio = "" if theirs is None or seconds <= 0 else f"{theirs / seconds:.2f}x"
+        lines.append(f"| {stage} | {seconds:.2f} | {seconds / wall:.0%} | {other} | {ratio} |")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -405,11 +543,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", default="fp32", choices=("auto", "fp32", "bf16", "fp16"))
     parser.add_argument("--skip-whole", action="store_true", help="only the decoder and results rows")
+    parser.add_argument("--hq", action="store_true", help="also HQ-SAM ViT-B's decoder (row 1b)")
     parser.add_argument("--out", type=Path, help="also write the tables (Markdown) and JSON next to it")
     args = parser.parse_args(argv)
     detector_dir, segmenter_dir = _models(False)
     results: dict[str, Any] = {"device": args.device, "precision": args.precision}
     results |= decoder_and_results(segmenter_dir, args.device, args.precision)
+    if args.hq:
+        results["hq_decoder"] = hq_decoder(_models(False, hq=True)[1], args.device, args.precision)
     print(format_tables(results), flush=True)
     if not args.skip_whole:
         with tempfile.TemporaryDirectory() as work:

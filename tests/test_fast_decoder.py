@@ -5,13 +5,20 @@ from __future__ import annotations
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
-from transformers import SamModel
+from transformers import SamHQModel, SamModel
 
 import grounded.runtime.fast_decoder as fast_decoder
 from grounded.adapters import SAM
 from grounded.core.images import load_image
 from grounded.models.testing import sam_config
-from grounded.runtime.fast_decoder import decode_many, decoder_flops, supports_decode_many
+from grounded.runtime.compat import fix_sam_hq_decoder, sam_hq_decoder_is_buggy
+from grounded.runtime.fast_decoder import (
+    decode_many,
+    decode_many_hq,
+    decoder_flops,
+    supports_decode_many,
+    supports_decode_many_hq,
+)
 from grounded.tasks.bench import healthy_weights
 
 
@@ -173,3 +180,70 @@ def test_decode_many_under_bf16_autocast_stays_close():
     assert (masks.float() - expected.pred_masks).abs().max() < 0.05 * scale
     assert ((masks > 0) == (expected.pred_masks > 0)).float().mean() > 0.98
     assert (iou.float() - expected.iou_scores).abs().max() < 0.05
+
+
+def _hq_model(seed: int = 0) -> SamHQModel:
+    torch.manual_seed(seed)
+    model = SamHQModel(sam_config("tiny", hq=True)).eval().requires_grad_(False)
+    healthy_weights(model, seed=seed)
+    fix_sam_hq_decoder(model)  # the official HQ-SAM (the batched path computes that one)
+    return model
+
+
+@pytest.mark.parametrize("multimask", [False, True])
+@pytest.mark.parametrize("hq_token_only", [False, True])
+@pytest.mark.parametrize("chunk", [1, 3, 64])
+def test_decode_many_hq_equals_transformers(multimask, hq_token_only, chunk):
+    """HQ-SAM's decoder (transformers' SamHQModel with the official decoder restored), boxes and points."""
+    model = _hq_model()
+    embedding, boxes = _embedding(model), _boxes(model, 7)
+    vit = model.config.vision_config
+    side = vit.image_size // vit.patch_size
+    gen = torch.Generator().manual_seed(4)
+    intermediate = [torch.randn(1, side, side, vit.hidden_size, generator=gen)]
+    assert supports_decode_many_hq(model) and not supports_decode_many(model)
+    with torch.inference_mode():
+        expected = model(
+            image_embeddings=embedding,
+            intermediate_embeddings=intermediate,
+            input_boxes=boxes,
+            multimask_output=multimask,
+            hq_token_only=hq_token_only,
+        )
+        sparse, dense = model.prompt_encoder(None, None, boxes, None)
+        got = decode_many_hq(
+            model, embedding, intermediate, sparse, dense[:1], multimask, hq_token_only, chunk=chunk
+        )
+    _assert_same(got, expected)
+
+
+def test_decode_many_hq_needs_the_official_decoder():
+    torch.manual_seed(0)
+    model = SamHQModel(sam_config("tiny", hq=True)).eval()
+    assert supports_decode_many_hq(model) is not sam_hq_decoder_is_buggy(model.mask_decoder)
+    fix_sam_hq_decoder(model)
+    assert supports_decode_many_hq(model)
+
+
+def test_hq_adapter_uses_the_shared_decoder(tiny_sam_hq, astronaut, monkeypatch):
+    image = load_image(astronaut, name="astronaut")
+    boxes = torch.tensor([[10.0, 20.0, 300.0, 400.0], [100.0, 50.0, 200.0, 500.0], [0.0, 0.0, 511.0, 511.0]])
+    results = {}
+    calls = []
+    real = fast_decoder.decode_many_hq
+    monkeypatch.setattr(
+        "grounded.adapters.sam.decode_many_hq", lambda *a, **k: calls.append(1) or real(*a, **k)
+    )
+    for fast in (True, False):
+        segmenter = SAM(model=str(tiny_sam_hq), device="cpu", fast_kernels=fast, cache_size=0)
+        segmenter.warm_up()
+        healthy_weights(segmenter._model, seed=2)
+        (embedding,) = segmenter.encode([image])
+        results[fast] = segmenter.decode(embedding, boxes), segmenter._decode_raw(embedding, boxes=boxes)
+    assert calls == [1, 1]
+    (fast_masks, fast_iou), (fast_low, _) = results[True]
+    (slow_masks, slow_iou), (slow_low, _) = results[False]
+    torch.testing.assert_close(fast_iou, slow_iou, atol=1e-5, rtol=1e-5)
+    assert (fast_low - slow_low).abs().max() <= 1e-4
+    assert (fast_masks == slow_masks).float().mean() > 0.9999
+    assert 0.01 < fast_masks.float().mean() < 0.99

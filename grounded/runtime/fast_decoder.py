@@ -28,7 +28,16 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-__all__ = ["DecoderFlops", "decode_many", "decoder_flops", "supports_decode_many"]
+from grounded.runtime.compat import sam_hq_decoder_is_buggy
+
+__all__ = [
+    "DecoderFlops",
+    "decode_many",
+    "decode_many_hq",
+    "decoder_flops",
+    "supports_decode_many",
+    "supports_decode_many_hq",
+]
 
 #: prompts decoded together (their image-side tensors are about 30 MB a prompt in float32)
 CHUNK = 16
@@ -278,6 +287,127 @@ def decode_many(
     mask_parts, iou_parts = [], []
     for start in range(0, sparse.shape[0], max(1, chunk)):
         masks, iou = _decode_chunk(decoder, sparse[start : start + chunk], image, size, multimask_output)
+        mask_parts.append(masks)
+        iou_parts.append(iou)
+    return torch.cat(mask_parts)[None], torch.cat(iou_parts)[None]
+
+
+# ---------------------------------------------------------------------------- HQ-SAM
+def supports_decode_many_hq(model: Any) -> bool:
+    """Whether ``model`` has transformers' HQ-SAM mask decoder (SamHQModel) computing the official HQ-SAM
+    (fixed by :func:`~grounded.runtime.compat.fix_sam_hq_decoder`, or a transformers without the bug)."""
+    decoder = getattr(model, "mask_decoder", None)
+    if type(decoder).__name__ != "SamHQMaskDecoder" or not hasattr(
+        model, "get_image_wide_positional_embeddings"
+    ):
+        return False
+    return bool(getattr(decoder, "_grounded_fixed", False)) or not sam_hq_decoder_is_buggy(decoder)
+
+
+def _hq_features(decoder: Any, embedding: torch.Tensor, intermediate: Any) -> torch.Tensor:
+    """HQ-SAM's prompt-independent ``(1, C / 8, 4h, 4w)`` features: the encoded image embedding plus the
+    compressed early ViT features (transformers repeats them for every prompt)."""
+    features = decoder.encoder_conv2(
+        decoder.activation(decoder.encoder_norm(decoder.encoder_conv1(embedding)))
+    )
+    if intermediate is not None and len(intermediate) > 0:
+        vit = intermediate[0].permute(0, 3, 1, 2).contiguous()
+        compressed = decoder.compress_vit_conv1(vit)
+        compressed = decoder.compress_vit_conv2(decoder.activation(decoder.compress_vit_norm(compressed)))
+        features = features + compressed
+    return features
+
+
+def _upscaled_embedding(decoder: Any, keys: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """One prompt's ``(C / 8, 4h, 4w)`` upscaled image embedding from its ``(S, C)`` keys: the two stride-2
+    transposed convolutions as matrix products over sub-pixel positions, then one rearrangement."""
+    channels = keys.shape[1]
+    height, width = size
+    conv1, conv2, norm = decoder.upscale_conv1, decoder.upscale_conv2, decoder.upscale_layer_norm
+    mid, low = conv1.out_channels, conv2.out_channels
+    weight1 = conv1.weight.permute(0, 2, 3, 1).reshape(channels, 4 * mid)  # (C, (a, b, o))
+    weight2 = conv2.weight.permute(0, 2, 3, 1).reshape(mid, 4 * low)
+    x = torch.addmm(conv1.bias.repeat(4), keys, weight1)
+    x = decoder.activation(_layer_norm(norm, x.view(-1, mid)))
+    x = decoder.activation(torch.addmm(conv2.bias.repeat(4), x, weight2))
+    # (y, x, a, b, c, d, o) → channel o, row 4y + 2a + c, column 4x + 2b + d
+    x = x.view(height, width, 2, 2, 2, 2, low).permute(6, 0, 2, 4, 1, 3, 5)
+    return x.reshape(low, 4 * height, 4 * width)
+
+
+def _decode_chunk_hq(
+    decoder: Any,
+    sparse: torch.Tensor,
+    image: _Image,
+    hq_features: torch.Tensor,
+    size: tuple[int, int],
+    multimask: bool,
+    hq_token_only: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    n = sparse.shape[0]
+    weights = [decoder.iou_token.weight, decoder.mask_tokens.weight, decoder.hq_token.weight]
+    output_tokens = torch.cat(weights, dim=0)
+    tokens = torch.cat([output_tokens.expand(n, -1, -1), sparse.to(output_tokens.dtype)], dim=1)
+    queries, keys = _transformer(decoder, tokens, image)
+    sam_tokens = decoder.num_mask_tokens - 1  # num_mask_tokens counts the HQ token
+    picks = range(1, sam_tokens) if multimask else range(1)
+    hyper = torch.stack(
+        [decoder.output_hypernetworks_mlps[i](queries[:, 1 + i]) for i in picks], dim=1
+    )  # (n, M, C / 8)
+    hyper_hq = decoder.hq_mask_mlp(queries[:, 1 + sam_tokens])  # (n, C / 8)
+    iou = decoder.iou_prediction_head(queries[:, 0])
+    iou = iou[:, 1:sam_tokens] if multimask else iou[:, :1]
+    order = None
+    if multimask:  # HQ-SAM orders the multimask outputs by predicted IoU
+        iou, order = torch.sort(iou, dim=1, descending=True)
+    height, width = size
+    masks = torch.empty(
+        (n, 1 if hq_token_only else len(picks), 4 * height, 4 * width), dtype=hyper.dtype, device=hyper.device
+    )
+    for i in range(n):
+        upscaled = _upscaled_embedding(decoder, keys[i], size)  # (C / 8, 4h, 4w)
+        refined = decoder.mask_conv1(upscaled[None])
+        refined = decoder.mask_conv2(decoder.activation(decoder.mask_norm(refined))) + hq_features
+        hq = (hyper_hq[i] @ refined[0].flatten(1)).view(1, 4 * height, 4 * width)
+        if hq_token_only:
+            masks[i] = hq
+            continue
+        sam = (hyper[i] @ upscaled.flatten(1)).view(-1, 4 * height, 4 * width)
+        if order is not None:
+            sam = sam[order[i]]
+        masks[i] = sam + hq
+    return masks, iou
+
+
+def decode_many_hq(
+    model: Any,
+    image_embeddings: torch.Tensor,
+    intermediate_embeddings: Any,
+    sparse_embeddings: torch.Tensor,
+    dense_embeddings: torch.Tensor,
+    multimask_output: bool,
+    hq_token_only: bool,
+    chunk: int = CHUNK,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`decode_many` for a transformers ``SamHQModel`` (:func:`supports_decode_many_hq`): the same
+    shared two-way transformer, HQ-SAM's image features computed once, its mask-feature convolutions per
+    prompt. Returns ``(1, N, M, 4h, 4w)`` mask logits and ``(1, N, M')`` IoU predictions, as the decoder
+    does (with ``hq_token_only`` its one HQ mask a prompt)."""
+    if image_embeddings.shape[0] != 1 or sparse_embeddings.shape[0] != 1:
+        raise ValueError("decode_many_hq takes one image")
+    if dense_embeddings.shape[0] != 1:
+        raise ValueError("decode_many_hq needs one dense embedding for every prompt (no mask inputs)")
+    decoder = model.mask_decoder
+    pos = model.get_image_wide_positional_embeddings()
+    image = _prepare(decoder, image_embeddings, pos, dense_embeddings)
+    hq_features = _hq_features(decoder, image_embeddings, intermediate_embeddings)
+    size = (int(image_embeddings.shape[2]), int(image_embeddings.shape[3]))
+    sparse = sparse_embeddings[0]
+    mask_parts, iou_parts = [], []
+    for start in range(0, sparse.shape[0], max(1, chunk)):
+        masks, iou = _decode_chunk_hq(
+            decoder, sparse[start : start + chunk], image, hq_features, size, multimask_output, hq_token_only
+        )
         mask_parts.append(masks)
         iou_parts.append(iou)
     return torch.cat(mask_parts)[None], torch.cat(iou_parts)[None]
