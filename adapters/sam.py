@@ -79,7 +79,7 @@ class SAM(ModelAdapter):
         device, precision: as for the detector.
         fast_kernels: SAM / HQ-SAM ViT attention adds its relative-position bias a block of queries at a
             time instead of materialising it for all (:mod:`grounded.runtime.fast_kernels`), bit-identical;
-            plain SAM's mask decoder computes the image side shared by all prompts once
+            SAM's and HQ-SAM's mask decoders compute the image side shared by all prompts once
             (:mod:`grounded.runtime.fast_decoder`), the same masks up to float rounding.
         compile: ``torch.compile`` the image encoder (the first call is slow).
     """
@@ -246,7 +246,8 @@ class SAM(ModelAdapter):
         multimask: bool,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """:meth:`_decode_raw` through :func:`~grounded.runtime.fast_decoder.decode_many` (SAM's decoder with
-        the prompt-independent image side computed once; the same masks up to float rounding)."""
+        the prompt-independent image side computed once; the same masks up to float rounding), or
+        ``decode_many_hq`` for HQ-SAM."""
         prompts = self._prompts(embedding, boxes, points)
         with autocast(self.device, self.precision):
             sparse, dense = self._model.prompt_encoder(

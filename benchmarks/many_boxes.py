@@ -259,8 +259,8 @@ _STAGES = {
 
 def _profile_breakdown(path: Path) -> dict[str, float]:
     """Where the seconds of a profiled ``grounded`` run went (cProfile file): start-up (everything before the
-    CLI's ``main``: the imports of the process start), model loading, each stage without the model loading
-    it triggered, and the rest of ``main``; the imports made anywhere (cProfile counts an import's outermost
+    CLI's ``main``: the imports of the process start), model loading (with the imports it triggers), each
+    stage without the model loading it triggered, and the rest of ``main``; the imports made anywhere (cProfile counts an import's outermost
     call only) as a separate, overlapping figure. Sums to the profiled total (cProfile's overhead inflates
     each row a little)."""
     stats = pstats.Stats(str(path))
@@ -275,7 +275,7 @@ def _profile_breakdown(path: Path) -> dict[str, float]:
     total = float(stats.total_tt)  # type: ignore[attr-defined]
     main = cumulative(matching("cli/__init__.py", "main"))
     loading = matching(*_STAGES["model loading"])
-    found: dict[str, float] = {"start-up (before main)": total - main}
+    found: dict[str, float] = {"start-up (before main)": max(0.0, total - main)}
     for label, (file_part, name) in _STAGES.items():
         keys = matching(file_part, name)
         seconds = cumulative(keys)
@@ -285,7 +285,8 @@ def _profile_breakdown(path: Path) -> dict[str, float]:
             )
         if keys:
             found[label] = seconds
-    found["rest of main"] = main - sum(v for k, v in found.items() if k != "start-up (before main)")
+    stages = sum(v for k, v in found.items() if k != "start-up (before main)")
+    found["rest of main (parsing, lazy imports outside the stages, reading images)"] = main - stages
     found["imports (anywhere; overlaps the rows above)"] = cumulative(
         matching("<frozen importlib._bootstrap>", "_find_and_load")
     )

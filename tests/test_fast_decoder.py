@@ -247,3 +247,26 @@ def test_hq_adapter_uses_the_shared_decoder(tiny_sam_hq, astronaut, monkeypatch)
     assert (fast_low - slow_low).abs().max() <= 1e-4
     assert (fast_masks == slow_masks).float().mean() > 0.9999
     assert 0.01 < fast_masks.float().mean() < 0.99
+
+
+@pytest.mark.slow
+def test_decode_many_hq_equals_transformers_real_size():
+    """HQ-SAM ViT-B's decoder (256 channels, 64x64 embedding, 768-wide early ViT features), 100 boxes."""
+    torch.manual_seed(0)
+    model = SamHQModel(sam_config("vit-b", hq=True)).eval().requires_grad_(False)
+    healthy_weights(model)
+    fix_sam_hq_decoder(model)
+    embedding, boxes = _embedding(model), _boxes(model, 100)
+    vit = model.config.vision_config
+    side = vit.image_size // vit.patch_size
+    intermediate = [torch.randn(1, side, side, vit.hidden_size, generator=torch.Generator().manual_seed(1))]
+    with torch.inference_mode():
+        expected = model(
+            image_embeddings=embedding,
+            intermediate_embeddings=intermediate,
+            input_boxes=boxes,
+            multimask_output=False,
+        )
+        sparse, dense = model.prompt_encoder(None, None, boxes, None)
+        got = decode_many_hq(model, embedding, intermediate, sparse, dense[:1], False, False)
+    _assert_same(got, expected)

@@ -18,6 +18,11 @@ masks and IoU predictions (float rounding only) with
   upscaler one prompt at a time.
 
 :func:`decoder_flops` counts the multiply-adds of both formulations from the shapes (the benchmark's floor).
+
+:func:`decode_many_hq` does the same for HQ-SAM (``SamHQModel``, its official decoder: see
+:mod:`grounded.runtime.compat`): the same two-way transformer with the HQ token, HQ-SAM's image features
+(the encoded embedding plus the compressed early ViT features) computed once, its two 3x3 mask-feature
+convolutions per prompt in channels-last layout (most of its work: about 5 GFLOP a prompt at ViT-B).
 """
 
 from __future__ import annotations
@@ -319,8 +324,9 @@ def _hq_features(decoder: Any, embedding: torch.Tensor, intermediate: Any) -> to
 
 
 def _upscaled_embedding(decoder: Any, keys: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """One prompt's ``(C / 8, 4h, 4w)`` upscaled image embedding from its ``(S, C)`` keys: the two stride-2
-    transposed convolutions as matrix products over sub-pixel positions, then one rearrangement."""
+    """One prompt's ``(4h * 4w, C / 8)`` upscaled image embedding, pixels row-major, channels last, from its
+    ``(S, C)`` keys: the two stride-2 transposed convolutions as matrix products over sub-pixel positions,
+    then one rearrangement."""
     channels = keys.shape[1]
     height, width = size
     conv1, conv2, norm = decoder.upscale_conv1, decoder.upscale_conv2, decoder.upscale_layer_norm
@@ -330,9 +336,9 @@ def _upscaled_embedding(decoder: Any, keys: torch.Tensor, size: tuple[int, int])
     x = torch.addmm(conv1.bias.repeat(4), keys, weight1)
     x = decoder.activation(_layer_norm(norm, x.view(-1, mid)))
     x = decoder.activation(torch.addmm(conv2.bias.repeat(4), x, weight2))
-    # (y, x, a, b, c, d, o) → channel o, row 4y + 2a + c, column 4x + 2b + d
-    x = x.view(height, width, 2, 2, 2, 2, low).permute(6, 0, 2, 4, 1, 3, 5)
-    return x.reshape(low, 4 * height, 4 * width)
+    # (y, x, a, b, c, d, o) → row 4y + 2a + c, column 4x + 2b + d, channel o
+    x = x.view(height, width, 2, 2, 2, 2, low).permute(0, 2, 4, 1, 3, 5, 6)
+    return x.reshape(16 * height * width, low)
 
 
 def _decode_chunk_hq(
@@ -344,6 +350,9 @@ def _decode_chunk_hq(
     multimask: bool,
     hq_token_only: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """HQ-SAM for a chunk of prompts. Its mask-feature convolutions (two 3x3 at 4h x 4w, most of the work)
+    run one prompt at a time in channels-last layout, where oneDNN's convolution and the channel layer norm
+    are fastest (batching prompts in channels-first, as transformers does, was slower per prompt)."""
     n = sparse.shape[0]
     weights = [decoder.iou_token.weight, decoder.mask_tokens.weight, decoder.hq_token.weight]
     output_tokens = torch.cat(weights, dim=0)
@@ -360,19 +369,21 @@ def _decode_chunk_hq(
     order = None
     if multimask:  # HQ-SAM orders the multimask outputs by predicted IoU
         iou, order = torch.sort(iou, dim=1, descending=True)
-    height, width = size
+    height, width = 4 * size[0], 4 * size[1]
     masks = torch.empty(
-        (n, 1 if hq_token_only else len(picks), 4 * height, 4 * width), dtype=hyper.dtype, device=hyper.device
+        (n, 1 if hq_token_only else len(picks), height, width), dtype=hyper.dtype, device=hyper.device
     )
     for i in range(n):
-        upscaled = _upscaled_embedding(decoder, keys[i], size)  # (C / 8, 4h, 4w)
-        refined = decoder.mask_conv1(upscaled[None])
+        upscaled = _upscaled_embedding(decoder, keys[i], size)  # (4h * 4w, C / 8)
+        spatial = upscaled.view(1, height, width, -1).permute(0, 3, 1, 2)  # channels-last NCHW
+        refined = decoder.mask_conv1(spatial)
         refined = decoder.mask_conv2(decoder.activation(decoder.mask_norm(refined))) + hq_features
-        hq = (hyper_hq[i] @ refined[0].flatten(1)).view(1, 4 * height, 4 * width)
+        pixels = refined.permute(0, 2, 3, 1).reshape(height * width, -1)  # a view when channels-last
+        hq = (pixels @ hyper_hq[i]).view(1, height, width)
         if hq_token_only:
             masks[i] = hq
             continue
-        sam = (hyper[i] @ upscaled.flatten(1)).view(-1, 4 * height, 4 * width)
+        sam = (upscaled @ hyper[i].t()).t().reshape(-1, height, width)
         if order is not None:
             sam = sam[order[i]]
         masks[i] = sam + hq
@@ -401,6 +412,7 @@ def decode_many_hq(
     pos = model.get_image_wide_positional_embeddings()
     image = _prepare(decoder, image_embeddings, pos, dense_embeddings)
     hq_features = _hq_features(decoder, image_embeddings, intermediate_embeddings)
+    hq_features = hq_features.contiguous(memory_format=torch.channels_last)  # the layout of the convolutions
     size = (int(image_embeddings.shape[2]), int(image_embeddings.shape[3]))
     sparse = sparse_embeddings[0]
     mask_parts, iou_parts = [], []
