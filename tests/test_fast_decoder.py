@@ -270,3 +270,26 @@ def test_decode_many_hq_equals_transformers_real_size():
         sparse, dense = model.prompt_encoder(None, None, boxes, None)
         got = decode_many_hq(model, embedding, intermediate, sparse, dense[:1], False, False)
     _assert_same(got, expected)
+
+
+def test_decode_many_hq_under_bf16_autocast_stays_close():
+    """HQ-SAM's batched decoder under the GPU path's bf16 autocast: runs, stays near fp32."""
+    model = _hq_model()
+    embedding, boxes = _embedding(model), _boxes(model, 5)
+    vit = model.config.vision_config
+    side = vit.image_size // vit.patch_size
+    intermediate = [torch.randn(1, side, side, vit.hidden_size, generator=torch.Generator().manual_seed(4))]
+    with torch.inference_mode():
+        expected = model(
+            image_embeddings=embedding,
+            intermediate_embeddings=intermediate,
+            input_boxes=boxes,
+            multimask_output=False,
+        )
+        sparse, dense = model.prompt_encoder(None, None, boxes, None)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            masks, iou = decode_many_hq(model, embedding, intermediate, sparse, dense[:1], False, False)
+    scale = expected.pred_masks.abs().max()
+    assert (masks.float() - expected.pred_masks).abs().max() < 0.05 * scale
+    assert ((masks > 0) == (expected.pred_masks > 0)).float().mean() > 0.98
+    assert (iou.float() - expected.iou_scores).abs().max() < 0.05
