@@ -8,6 +8,7 @@ Rows (real-size random-weight Grounding DINO Swin-T + SAM ViT-B from ``grounded.
    (``decoder_flops`` from the shapes, at this machine's fp32 GEMM rate measured in the same run).
    ``--hq``: the same for HQ-SAM ViT-B (transformers' ``SamHQModel`` decoder, official HQ-SAM restored,
    against ``decode_many_hq``), its floor from torch's FLOP count of ``decode_many_hq``.
+   ``--sam2``: SAM 2.1 Hiera-T's decoder (transformers', not batched): seconds and FLOPs a box.
 2. **results**, 100 masks on a 1024x1024 image: the processor's full-size upsampling + RLE of the whole
    masks (the previous path) against windowed upsampling + RLE off the windows, then the label image and
    overlay (drawn once each), and the two PNG encodes, stage by stage.
@@ -195,6 +196,47 @@ def hq_decoder(segmenter_dir: Path, device: str, precision: str) -> dict[str, An
         "max_logit_diff": float((low - hf_low).abs().max()),
         "max_iou_pred_diff": float((iou - hf_iou).abs().max()),
         "min_mask_iou": float(torch.where(union > 0, inter / union.clamp(min=1), 1.0).min()),
+    }
+
+
+def sam2_decoder(device: str, precision: str) -> dict[str, Any]:
+    """Row 1c: SAM 2.1 Hiera-T's decoder (transformers' ``Sam2Model``, not batched here) at 100 boxes: its
+    seconds, per box, and torch's FLOP count of what it computes (shared + per box, counted at 2 and 4
+    boxes; transformers repeats the image side for every box, so nearly all of it is per box)."""
+    from transformers import AutoModel
+
+    from grounded.adapters import SAM2
+    from grounded.models.testing import make_sam2
+    from grounded.tasks.bench import _cache_dir, _redraw_saved, bench_image
+
+    folder = _cache_dir() / "real-size" / "sam2.1-hiera-t"
+    if not (folder / "config.json").is_file():
+        print(f"building random-weight SAM 2.1 Hiera-T in {folder} ...")
+        make_sam2(folder, size="hiera-t")
+        _redraw_saved(folder, AutoModel.from_pretrained)
+    sam2 = SAM2(model=str(folder), device=device, precision=precision, cache_size=0)
+    sam2.warm_up()
+    image = bench_image("astronaut@1024")
+    (embedding,) = sam2.encode([image])
+    boxes = _boxes(image.size, BOXES)
+    rate_before = gemm_rate(sam2.device.type)
+    seconds, _ = _timed(sam2._decode_raw, embedding, boxes=boxes)
+    rate = max(rate_before, gemm_rate(sam2.device.type))
+
+    def decode(n: int) -> Any:
+        return sam2._decode_raw(embedding, boxes=boxes[:n])
+
+    two, four = _counted_flops(decode, 2), _counted_flops(decode, 4)
+    per_box = (four - two) / 2
+    total = two - 2 * per_box + BOXES * per_box
+    return {
+        "seconds": seconds,
+        "ms_per_box": 1000 * seconds / BOXES,
+        "per_box_gflop": per_box / 1e9,
+        "floor_gflop": total / 1e9,
+        "floor_s": total / rate,
+        "over_floor": seconds / (total / rate),
+        "gemm_gflops": rate / 1e9,
     }
 
 
@@ -453,6 +495,16 @@ def format_tables(results: dict[str, Any]) -> str:
             f"{hq['min_mask_iou']:.5f}.",
             "",
         ]
+    sam2 = results.get("sam2_decoder")
+    if sam2:
+        lines += [
+            f"SAM 2.1 Hiera-T's mask decoder (transformers' Sam2Model, not batched), {BOXES} boxes on one image: "
+            f"{sam2['seconds']:.2f} s, {sam2['ms_per_box']:.0f} ms a box, {sam2['per_box_gflop']:.2f} GFLOP a box "
+            f"(torch's count of what it computes: the image side again for every box); {sam2['over_floor']:.1f}x "
+            f"the time of those {sam2['floor_gflop']:.0f} GFLOP at {sam2['gemm_gflops']:.0f} GFLOP/s "
+            f"({sam2['floor_s']:.2f} s).",
+            "",
+        ]
     for kind, stages in results["results"].items():
         prev, ours = stages["previous"], stages["ours"]
         lines += [
@@ -545,6 +597,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--precision", default="fp32", choices=("auto", "fp32", "bf16", "fp16"))
     parser.add_argument("--skip-whole", action="store_true", help="only the decoder and results rows")
     parser.add_argument("--hq", action="store_true", help="also HQ-SAM ViT-B's decoder (row 1b)")
+    parser.add_argument("--sam2", action="store_true", help="also SAM 2.1 Hiera-T's decoder (row 1c)")
     parser.add_argument("--out", type=Path, help="also write the tables (Markdown) and JSON next to it")
     args = parser.parse_args(argv)
     detector_dir, segmenter_dir = _models(False)
@@ -552,6 +605,8 @@ def main(argv: list[str] | None = None) -> int:
     results |= decoder_and_results(segmenter_dir, args.device, args.precision)
     if args.hq:
         results["hq_decoder"] = hq_decoder(_models(False, hq=True)[1], args.device, args.precision)
+    if args.sam2:
+        results["sam2_decoder"] = sam2_decoder(args.device, args.precision)
     print(format_tables(results), flush=True)
     if not args.skip_whole:
         with tempfile.TemporaryDirectory() as work:
