@@ -302,9 +302,9 @@ _STAGES = {
 def _profile_breakdown(path: Path) -> dict[str, float]:
     """Where the seconds of a profiled ``grounded`` run went (cProfile file): start-up (everything before the
     CLI's ``main``: the imports of the process start), model loading (with the imports it triggers), each
-    stage without the model loading it triggered, and the rest of ``main``; the imports made anywhere (cProfile counts an import's outermost
-    call only) as a separate, overlapping figure. Sums to the profiled total (cProfile's overhead inflates
-    each row a little)."""
+    stage without the model loading it triggered, and the rest of ``main``; the imports made anywhere
+    (cProfile counts an import's outermost call only) as a separate, overlapping figure. The rows sum to the
+    profiled total (cProfile's overhead inflates each a little)."""
     stats = pstats.Stats(str(path))
     table = stats.stats  # type: ignore[attr-defined]
 

@@ -113,9 +113,9 @@ def _top_masks(sv: Any, detections: Any) -> Any:
 
     ``MaskAnnotator`` paints every mask in its colour (by class), largest area first, so a pixel takes the
     colour of the last mask painted over it; painting class numbers in that same order (its own
-    ``np.flip(np.argsort(area))``) gives each pixel its top class in one pass a mask, and the class masks
-    then take one colour paint each instead of one a detection (:func:`_last_painted`). Each class mask's box is the union of its
-    detections' boxes (masks with pixels only), so the annotator's region is the same union of boxes."""
+    ``np.flip(np.argsort(area))``, :func:`_last_painted`) gives each pixel its top mask, and the class
+    masks then take one colour paint each instead of one a detection. Each class mask's box is the union of
+    its detections' boxes (masks with pixels only), so the annotator's region is the same union of boxes."""
     masks, class_ids = detections.mask, detections.class_id
     if masks is None or len(masks) < 2 or class_ids is None:
         return detections
@@ -130,7 +130,7 @@ def _top_masks(sv: Any, detections: Any) -> Any:
     for c in classes:
         own = detections.xyxy[painted & (class_ids == c)]
         boxes.append([own[:, 0].min(), own[:, 1].min(), own[:, 2].max(), own[:, 3].max()])
-    # paint position → 1 + the index in ``classes`` of the class painted there (0: nothing, or an empty mask)
+    # paint position → 1 + the index in ``classes`` of the class painted there (0: none, or an empty mask)
     lookup = np.zeros(len(order) + 1, dtype=np.uint16 if len(classes) < 2**16 else np.uint32)
     lookup[1:] = np.where(painted[order], np.searchsorted(classes, class_ids[order]) + 1, 0)
     top = lookup[last]
