@@ -8,7 +8,7 @@ Rows (real-size random-weight Grounding DINO Swin-T + SAM ViT-B from ``grounded.
    (``decoder_flops`` from the shapes, at this machine's fp32 GEMM rate measured in the same run).
    ``--hq``: the same for HQ-SAM ViT-B (transformers' ``SamHQModel`` decoder, official HQ-SAM restored,
    against ``decode_many_hq``), its floor from torch's FLOP count of ``decode_many_hq``.
-   ``--sam2``: SAM 2.1 Hiera-T's decoder (transformers', not batched): seconds and FLOPs a box.
+   ``--sam2``: the same for SAM 2.1 Hiera-T (``Sam2Model`` against ``decode_many_sam2``).
 2. **results**, 100 masks on a 1024x1024 image: the processor's full-size upsampling + RLE of the whole
    masks (the previous path) against windowed upsampling + RLE off the windows, then the label image and
    overlay (drawn once each), and the two PNG encodes, stage by stage.
@@ -169,6 +169,36 @@ def hq_decoder(segmenter_dir: Path, device: str, precision: str) -> dict[str, An
     image = bench_image("astronaut@1024")
     (embedding,) = ours.encode([image])
     boxes = _boxes(image.size, BOXES)
+    return _compare_decoders(ours, theirs, embedding, boxes)
+
+
+def sam2_decoder(device: str, precision: str) -> dict[str, Any]:
+    """Row 1c: SAM 2.1 Hiera-T's decoder at 100 boxes, transformers' ``Sam2Model`` against
+    ``decode_many_sam2``, and the floor from torch's FLOP count of ``decode_many_sam2``."""
+    from transformers import AutoModel
+
+    from grounded.adapters import SAM2
+    from grounded.models.testing import make_sam2
+    from grounded.tasks.bench import _cache_dir, _redraw_saved, bench_image
+
+    folder = _cache_dir() / "real-size" / "sam2.1-hiera-t"
+    if not (folder / "config.json").is_file():
+        print(f"building random-weight SAM 2.1 Hiera-T in {folder} ...")
+        make_sam2(folder, size="hiera-t")
+        _redraw_saved(folder, AutoModel.from_pretrained)
+    kwargs = {"model": str(folder), "device": device, "precision": precision, "cache_size": 0}
+    ours, theirs = SAM2(fast_kernels=True, **kwargs), SAM2(fast_kernels=False, **kwargs)
+    ours.warm_up()
+    theirs.warm_up()
+    image = bench_image("astronaut@1024")
+    (embedding,) = ours.encode([image])
+    boxes = _boxes(image.size, BOXES)
+    return _compare_decoders(ours, theirs, embedding, boxes)
+
+
+def _compare_decoders(ours: Any, theirs: Any, embedding: Any, boxes: torch.Tensor) -> dict[str, Any]:
+    """Both decoders at ``BOXES`` boxes: seconds, agreement, and the batched one's floor (torch's FLOP
+    count: shared + per box, counted at 2 and 4 boxes, at the GEMM rate measured around the timing)."""
     rate_before = gemm_rate(ours.device.type)
     hf_s, (hf_low, hf_iou) = _timed(theirs._decode_raw, embedding, boxes=boxes)
     ours_s, (low, iou) = _timed(ours._decode_raw, embedding, boxes=boxes)
@@ -196,47 +226,6 @@ def hq_decoder(segmenter_dir: Path, device: str, precision: str) -> dict[str, An
         "max_logit_diff": float((low - hf_low).abs().max()),
         "max_iou_pred_diff": float((iou - hf_iou).abs().max()),
         "min_mask_iou": float(torch.where(union > 0, inter / union.clamp(min=1), 1.0).min()),
-    }
-
-
-def sam2_decoder(device: str, precision: str) -> dict[str, Any]:
-    """Row 1c: SAM 2.1 Hiera-T's decoder (transformers' ``Sam2Model``, not batched here) at 100 boxes: its
-    seconds, per box, and torch's FLOP count of what it computes (shared + per box, counted at 2 and 4
-    boxes; transformers repeats the image side for every box, so nearly all of it is per box)."""
-    from transformers import AutoModel
-
-    from grounded.adapters import SAM2
-    from grounded.models.testing import make_sam2
-    from grounded.tasks.bench import _cache_dir, _redraw_saved, bench_image
-
-    folder = _cache_dir() / "real-size" / "sam2.1-hiera-t"
-    if not (folder / "config.json").is_file():
-        print(f"building random-weight SAM 2.1 Hiera-T in {folder} ...")
-        make_sam2(folder, size="hiera-t")
-        _redraw_saved(folder, AutoModel.from_pretrained)
-    sam2 = SAM2(model=str(folder), device=device, precision=precision, cache_size=0)
-    sam2.warm_up()
-    image = bench_image("astronaut@1024")
-    (embedding,) = sam2.encode([image])
-    boxes = _boxes(image.size, BOXES)
-    rate_before = gemm_rate(sam2.device.type)
-    seconds, _ = _timed(sam2._decode_raw, embedding, boxes=boxes)
-    rate = max(rate_before, gemm_rate(sam2.device.type))
-
-    def decode(n: int) -> Any:
-        return sam2._decode_raw(embedding, boxes=boxes[:n])
-
-    two, four = _counted_flops(decode, 2), _counted_flops(decode, 4)
-    per_box = (four - two) / 2
-    total = two - 2 * per_box + BOXES * per_box
-    return {
-        "seconds": seconds,
-        "ms_per_box": 1000 * seconds / BOXES,
-        "per_box_gflop": per_box / 1e9,
-        "floor_gflop": total / 1e9,
-        "floor_s": total / rate,
-        "over_floor": seconds / (total / rate),
-        "gemm_gflops": rate / 1e9,
     }
 
 
@@ -476,35 +465,13 @@ def format_tables(results: dict[str, Any]) -> str:
         f"{d['min_mask_iou']:.5f}.",
         "",
     ]
-    hq = results.get("hq_decoder")
-    if hq:
-        lines += [
-            f"HQ-SAM ViT-B's mask decoder, {BOXES} boxes on one image:",
-            "",
-            "| decoder | seconds | ms a box | vs transformers | measured / floor |",
-            "|---|---:|---:|---:|---:|",
-            f"| transformers SamHQMaskDecoder | {hq['transformers_s']:.2f} | {hq['transformers_ms_per_box']:.0f} | "
-            f"1.00x | {hq['transformers_s'] / hq['floor_s']:.1f}x |",
-            f"| grounded decode_many_hq | {hq['ours_s']:.2f} | {hq['ours_ms_per_box']:.0f} | {hq['speedup']:.2f}x "
-            f"| **{hq['over_floor']:.2f}x** |",
-            "",
-            f"Floor: torch's FLOP count of decode_many_hq ({hq['floor_gflop']:.0f} GFLOP, "
-            f"{hq['per_box_gflop']:.2f} a box: HQ-SAM's two 3x3 mask-feature convolutions at 256x256 run for "
-            f"every box) at {hq['gemm_gflops']:.0f} GFLOP/s = {hq['floor_s']:.2f} s. Agreement: logits within "
-            f"{hq['max_logit_diff']:.1e}, IoU predictions within {hq['max_iou_pred_diff']:.1e}, min mask IoU "
-            f"{hq['min_mask_iou']:.5f}.",
-            "",
-        ]
-    sam2 = results.get("sam2_decoder")
-    if sam2:
-        lines += [
-            f"SAM 2.1 Hiera-T's mask decoder (transformers' Sam2Model, not batched), {BOXES} boxes on one image: "
-            f"{sam2['seconds']:.2f} s, {sam2['ms_per_box']:.0f} ms a box, {sam2['per_box_gflop']:.2f} GFLOP a box "
-            f"(torch's count of what it computes: the image side again for every box); {sam2['over_floor']:.1f}x "
-            f"the time of those {sam2['floor_gflop']:.0f} GFLOP at {sam2['gemm_gflops']:.0f} GFLOP/s "
-            f"({sam2['floor_s']:.2f} s).",
-            "",
-        ]
+    for key, name, module in (
+        ("hq_decoder", "HQ-SAM ViT-B", "SamHQMaskDecoder"),
+        ("sam2_decoder", "SAM 2.1 Hiera-T", "Sam2MaskDecoder"),
+    ):
+        row = results.get(key)
+        if row:
+            lines += [*_batched_decoder_table(name, module, row), ""]
     for kind, stages in results["results"].items():
         prev, ours = stages["previous"], stages["ours"]
         lines += [
@@ -563,6 +530,26 @@ _ANCHOR_STAGES = {
     "SAM mask decoder": "sam_decoder_s",
     "results written": "outputs_s",
 }
+
+
+def _batched_decoder_table(name: str, module: str, row: dict[str, Any]) -> list[str]:
+    """Rows 1b / 1c: transformers' decoder against the batched one, per box, and the floor."""
+    ours = "decode_many_hq" if "HQ" in name else "decode_many_sam2"
+    return [
+        f"{name}'s mask decoder, {BOXES} boxes on one image:",
+        "",
+        "| decoder | seconds | ms a box | vs transformers | measured / floor |",
+        "|---|---:|---:|---:|---:|",
+        f"| transformers {module} | {row['transformers_s']:.2f} | {row['transformers_ms_per_box']:.0f} | 1.00x "
+        f"| {row['transformers_s'] / row['floor_s']:.1f}x |",
+        f"| grounded {ours} | {row['ours_s']:.2f} | {row['ours_ms_per_box']:.0f} | {row['speedup']:.2f}x "
+        f"| **{row['over_floor']:.2f}x** |",
+        "",
+        f"Floor: torch's FLOP count of {ours} ({row['floor_gflop']:.0f} GFLOP, {row['per_box_gflop']:.2f} a "
+        f"box) at {row['gemm_gflops']:.0f} GFLOP/s = {row['floor_s']:.2f} s. Agreement: logits within "
+        f"{row['max_logit_diff']:.1e}, IoU predictions within {row['max_iou_pred_diff']:.1e}, min mask IoU "
+        f"{row['min_mask_iou']:.5f}.",
+    ]
 
 
 def _where_table(segment: dict[str, Any], anchor: dict[str, Any] | None) -> list[str]:

@@ -5,19 +5,21 @@ from __future__ import annotations
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
-from transformers import SamHQModel, SamModel
+from transformers import Sam2Model, SamHQModel, SamModel
 
 import grounded.runtime.fast_decoder as fast_decoder
-from grounded.adapters import SAM
+from grounded.adapters import SAM, SAM2
 from grounded.core.images import load_image
-from grounded.models.testing import sam_config
+from grounded.models.testing import sam2_config, sam_config
 from grounded.runtime.compat import fix_sam_hq_decoder, sam_hq_decoder_is_buggy
 from grounded.runtime.fast_decoder import (
     decode_many,
     decode_many_hq,
+    decode_many_sam2,
     decoder_flops,
     supports_decode_many,
     supports_decode_many_hq,
+    supports_decode_many_sam2,
 )
 from grounded.tasks.bench import healthy_weights
 
@@ -293,3 +295,55 @@ def test_decode_many_hq_under_bf16_autocast_stays_close():
     assert (masks.float() - expected.pred_masks).abs().max() < 0.05 * scale
     assert ((masks > 0) == (expected.pred_masks > 0)).float().mean() > 0.98
     assert (iou.float() - expected.iou_scores).abs().max() < 0.05
+
+
+def _sam2_model(seed: int = 0) -> Sam2Model:
+    torch.manual_seed(seed)
+    model = Sam2Model(sam2_config("tiny")).eval().requires_grad_(False)
+    healthy_weights(model, seed=seed)
+    return model
+
+
+@pytest.mark.parametrize("multimask", [False, True])
+@pytest.mark.parametrize("stability", [None, 0.0, 1.01])  # the default / always stable / never stable
+@pytest.mark.parametrize("chunk", [1, 3, 64])
+def test_decode_many_sam2_equals_transformers(multimask, stability, chunk):
+    """SAM 2's image decoder (transformers' Sam2Model): high-resolution features, the object-score token, the
+    single mask picked by stability."""
+    model = _sam2_model()
+    if stability is not None:
+        model.mask_decoder.dynamic_multimask_stability_thresh = stability
+    side = model.config.prompt_encoder_config.image_size
+    pixels = torch.randn(1, 3, side, side, generator=torch.Generator().manual_seed(5))
+    boxes = _boxes(model, 7)
+    assert supports_decode_many_sam2(model) and not supports_decode_many(model)
+    with torch.inference_mode():
+        levels = model.get_image_embeddings(pixels)
+        expected = model(image_embeddings=levels, input_boxes=boxes, multimask_output=multimask)
+        sparse, dense = model.prompt_encoder(None, None, boxes, None)
+        got = decode_many_sam2(model, levels[-1], levels[:-1], sparse, dense[:1], multimask, chunk=chunk)
+    _assert_same(got, expected)
+
+
+def test_sam2_adapter_uses_the_shared_decoder(tiny_sam2, astronaut, monkeypatch):
+    image = load_image(astronaut, name="astronaut")
+    boxes = torch.tensor([[10.0, 20.0, 300.0, 400.0], [100.0, 50.0, 200.0, 500.0], [0.0, 0.0, 511.0, 511.0]])
+    results = {}
+    calls = []
+    real = fast_decoder.decode_many_sam2
+    monkeypatch.setattr(
+        "grounded.adapters.sam.decode_many_sam2", lambda *a, **k: calls.append(1) or real(*a, **k)
+    )
+    for fast in (True, False):
+        segmenter = SAM2(model=str(tiny_sam2), device="cpu", fast_kernels=fast, cache_size=0)
+        segmenter.warm_up()
+        healthy_weights(segmenter._model, seed=2)
+        (embedding,) = segmenter.encode([image])
+        results[fast] = segmenter.decode(embedding, boxes), segmenter._decode_raw(embedding, boxes=boxes)
+    assert calls == [1, 1]
+    (fast_masks, fast_iou), (fast_low, _) = results[True]
+    (slow_masks, slow_iou), (slow_low, _) = results[False]
+    torch.testing.assert_close(fast_iou, slow_iou, atol=1e-5, rtol=1e-5)
+    assert (fast_low - slow_low).abs().max() <= 1e-4
+    assert (fast_masks == slow_masks).float().mean() > 0.9999
+    assert 0.01 < fast_masks.float().mean() < 0.99
