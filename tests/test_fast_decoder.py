@@ -347,3 +347,20 @@ def test_sam2_adapter_uses_the_shared_decoder(tiny_sam2, astronaut, monkeypatch)
     assert (fast_low - slow_low).abs().max() <= 1e-4
     assert (fast_masks == slow_masks).float().mean() > 0.9999
     assert 0.01 < fast_masks.float().mean() < 0.99
+
+
+@pytest.mark.slow
+def test_decode_many_sam2_equals_transformers_real_size():
+    """SAM 2.1 Hiera-T's decoder (its 1024-px feature pyramid), 100 boxes, single-mask output by stability."""
+    torch.manual_seed(0)
+    model = Sam2Model(sam2_config("hiera-t")).eval().requires_grad_(False)
+    healthy_weights(model)
+    side = model.config.prompt_encoder_config.image_size
+    pixels = torch.randn(1, 3, side, side, generator=torch.Generator().manual_seed(5))
+    boxes = _boxes(model, 100)
+    with torch.inference_mode():
+        levels = model.get_image_embeddings(pixels)
+        expected = model(image_embeddings=levels, input_boxes=boxes, multimask_output=False)
+        sparse, dense = model.prompt_encoder(None, None, boxes, None)
+        got = decode_many_sam2(model, levels[-1], levels[:-1], sparse, dense[:1], False)
+    _assert_same(got, expected)
