@@ -23,6 +23,9 @@ masks and IoU predictions (float rounding only) with
 :mod:`grounded.runtime.compat`): the same two-way transformer with the HQ token, HQ-SAM's image features
 (the encoded embedding plus the compressed early ViT features) computed once, its two 3x3 mask-feature
 convolutions per prompt in channels-last layout (most of its work: about 5 GFLOP a prompt at ViT-B).
+:func:`decode_many_sam2` does it for SAM 2's image decoder (``Sam2Model``): the object-score token, the two
+high-resolution feature maps added in the upscaler (laid out once in its sub-pixel order), the decoder's own
+choice of the single mask by stability.
 """
 
 from __future__ import annotations
