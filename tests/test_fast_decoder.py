@@ -364,3 +364,17 @@ def test_decode_many_sam2_equals_transformers_real_size():
         sparse, dense = model.prompt_encoder(None, None, boxes, None)
         got = decode_many_sam2(model, levels[-1], levels[:-1], sparse, dense[:1], False)
     _assert_same(got, expected)
+
+
+def test_decode_many_sam2_equals_transformers_for_points():
+    model = _sam2_model(seed=3)
+    side = model.config.prompt_encoder_config.image_size
+    pixels = torch.randn(1, 3, side, side, generator=torch.Generator().manual_seed(3))
+    points = torch.tensor([[[[10.0, 20.0], [90.0, 70.0]], [[64.0, 64.0], [5.0, 120.0]], [[30, 100], [1, 1]]]])
+    labels = torch.tensor([[[1, 0], [1, 1], [1, -1]]])
+    with torch.inference_mode():
+        levels = model.get_image_embeddings(pixels)
+        expected = model(image_embeddings=levels, input_points=points, input_labels=labels)
+        sparse, dense = model.prompt_encoder(points, labels, None, None)
+        got = decode_many_sam2(model, levels[-1], levels[:-1], sparse, dense[:1], True)
+    _assert_same(got, expected)
