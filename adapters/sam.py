@@ -29,7 +29,15 @@ from grounded.models.sources import (
 from grounded.models.tinyvit import is_tinyvit_config, load_tinyvit_sam
 from grounded.runtime.compat import fix_sam_hq_decoder
 from grounded.runtime.device import autocast
-from grounded.runtime.fast_decoder import CHUNK, decode_many, supports_decode_many
+from grounded.runtime.fast_decoder import (
+    CHUNK,
+    decode_many,
+    decode_many_hq,
+    decode_many_sam2,
+    supports_decode_many,
+    supports_decode_many_hq,
+    supports_decode_many_sam2,
+)
 from grounded.runtime.fast_kernels import accelerate_sam, compile_modules
 
 __all__ = ["SAM", "SAM2", "SAMHQ", "ImageEmbedding"]
@@ -73,7 +81,7 @@ class SAM(ModelAdapter):
         device, precision: as for the detector.
         fast_kernels: SAM / HQ-SAM ViT attention adds its relative-position bias a block of queries at a
             time instead of materialising it for all (:mod:`grounded.runtime.fast_kernels`), bit-identical;
-            plain SAM's mask decoder computes the image side shared by all prompts once
+            SAM's, HQ-SAM's and SAM 2's mask decoders compute the image side shared by all prompts once
             (:mod:`grounded.runtime.fast_decoder`), the same masks up to float rounding.
         compile: ``torch.compile`` the image encoder (the first call is slow).
     """
@@ -214,7 +222,7 @@ class SAM(ModelAdapter):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Low-res mask logits ``(N, M, h, w)`` and predicted IoU ``(N, M)`` for N box or point prompts."""
         n = len(boxes) if boxes is not None else len(points)  # type: ignore[arg-type]
-        if self.fast_kernels and not self.is_hq and supports_decode_many(self._model):
+        if self.fast_kernels and self._shares_decoder():
             return self._decode_shared(embedding, boxes, points, multimask)
         low_parts, iou_parts = [], []
         for start in range(0, n, self.max_boxes_per_call):
@@ -230,6 +238,32 @@ class SAM(ModelAdapter):
             iou_parts.append(out.iou_scores[0].float())
         return torch.cat(low_parts), torch.cat(iou_parts)
 
+    def _shares_decoder(self) -> bool:
+        """Whether this model's decoder has a batched form in :mod:`grounded.runtime.fast_decoder`."""
+        return supports_decode_many_hq(self._model) if self.is_hq else supports_decode_many(self._model)
+
+    def _decode_many(
+        self,
+        embedding: ImageEmbedding,
+        sparse: torch.Tensor,
+        dense: torch.Tensor,
+        multimask: bool,
+        chunk: int,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batched decoder of :meth:`_shares_decoder` on one image's prompt embeddings."""
+        if self.is_hq:
+            return decode_many_hq(
+                self._model,
+                embedding.embedding,
+                embedding.intermediate,
+                sparse,
+                dense,
+                multimask,
+                self.hq_token_only,
+                chunk=chunk,
+            )
+        return decode_many(self._model, embedding.embedding, sparse, dense, multimask, chunk=chunk)
+
     def _decode_shared(
         self,
         embedding: ImageEmbedding,
@@ -238,7 +272,8 @@ class SAM(ModelAdapter):
         multimask: bool,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """:meth:`_decode_raw` through :func:`~grounded.runtime.fast_decoder.decode_many` (SAM's decoder with
-        the prompt-independent image side computed once; the same masks up to float rounding)."""
+        the prompt-independent image side computed once; the same masks up to float rounding), or its HQ-SAM
+        and SAM 2 siblings."""
         prompts = self._prompts(embedding, boxes, points)
         with autocast(self.device, self.precision):
             sparse, dense = self._model.prompt_encoder(
@@ -247,14 +282,8 @@ class SAM(ModelAdapter):
                 input_boxes=prompts.get("input_boxes"),
                 input_masks=None,
             )
-            low_res, iou = decode_many(
-                self._model,
-                embedding.embedding,
-                sparse,
-                dense[:1],
-                multimask,
-                chunk=min(CHUNK, self.max_boxes_per_call),
-            )
+            chunk = min(CHUNK, self.max_boxes_per_call)
+            low_res, iou = self._decode_many(embedding, sparse, dense[:1], multimask, chunk)
         return low_res[0].float(), iou[0].float()
 
     def decode(self, embedding: ImageEmbedding, boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -385,7 +414,8 @@ class SAM(ModelAdapter):
 
     def _upsample(self, low_res: torch.Tensor, embedding: ImageEmbedding) -> torch.Tensor:
         """Low-res logits ``(n, 1, h, w)`` → bool masks ``(n, H, W)``, a few at a time to bound float memory."""
-        return torch.cat([masks for _, masks in self._upsample_parts(low_res, embedding)])
+        parts = [masks for _, masks in self._upsample_parts(low_res, embedding)]
+        return parts[0] if len(parts) == 1 else torch.cat(parts)  # one part: no copy of the whole stack
 
     def _windows(self, low_res: torch.Tensor, embedding: ImageEmbedding) -> Iterator[Window] | None:
         """The processor's upsampling of ``(n, 1, h, w)`` logits, each mask computed only in the window where
@@ -528,6 +558,22 @@ class SAM2(SAM):
 
     def _decoder_inputs(self, embedding: ImageEmbedding) -> dict[str, Any]:
         return {"image_embeddings": list(embedding.intermediate)}
+
+    def _shares_decoder(self) -> bool:
+        return supports_decode_many_sam2(self._model)
+
+    def _decode_many(
+        self,
+        embedding: ImageEmbedding,
+        sparse: torch.Tensor,
+        dense: torch.Tensor,
+        multimask: bool,
+        chunk: int,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        high_res = embedding.intermediate[:-1]  # the finer feature maps; the last level is the embedding
+        return decode_many_sam2(
+            self._model, embedding.embedding, high_res, sparse, dense, multimask, chunk=chunk
+        )
 
     def _post_process(self, low_res: torch.Tensor, embedding: ImageEmbedding) -> torch.Tensor:
         post = self._processor.image_processor.post_process_masks

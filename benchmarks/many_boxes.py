@@ -6,12 +6,17 @@ Rows (real-size random-weight Grounding DINO Swin-T + SAM ViT-B from ``grounded.
 1. **mask decoder**, 100 boxes on one image: transformers' ``SamModel`` decoder against
    ``grounded.runtime.fast_decoder.decode_many`` (the same embedding), their agreement, and the FLOP floor
    (``decoder_flops`` from the shapes, at this machine's fp32 GEMM rate measured in the same run).
+   ``--hq``: the same for HQ-SAM ViT-B (transformers' ``SamHQModel`` decoder, official HQ-SAM restored,
+   against ``decode_many_hq``), its floor from torch's FLOP count of ``decode_many_hq``.
+   ``--sam2``: the same for SAM 2.1 Hiera-T (``Sam2Model`` against ``decode_many_sam2``).
 2. **results**, 100 masks on a 1024x1024 image: the processor's full-size upsampling + RLE of the whole
    masks (the previous path) against windowed upsampling + RLE off the windows, then the label image and
    overlay (drawn once each), and the two PNG encodes, stage by stage.
 3. **whole process**, ``grounded segment`` of 2 images (model loading and start-up included, a fresh
    process) against the anchor path doing the same two images as ``grounded_sam_demo.py`` does in one
    process (``benchmarks/anchor_path.py --whole``, official venv; skipped without it).
+   The ``segment`` row's profile is broken down stage by stage (start-up, model loading, detector, image
+   encoder, decoder, upsampling, writing, the rest) next to the anchor path's same stages.
 4. ``grounded eval coco`` (the SegInW protocol: top-100 pairs, no threshold) and ``grounded annotate`` on the
    same 2 images: images/s, and where the time goes (cProfile of the same run, so slightly pessimistic).
 
@@ -142,6 +147,88 @@ def decoder_and_results(segmenter_dir: Path, device: str, precision: str) -> dic
     return {"decoder": decoder, "results": results}
 
 
+def _counted_flops(fn: Any, n: int) -> float:
+    """torch's count of the floating-point operations of ``fn(n)`` (products, convolutions, attention)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn(n)
+    return float(counter.get_total_flops())
+
+
+def hq_decoder(segmenter_dir: Path, device: str, precision: str) -> dict[str, Any]:
+    """Row 1b: HQ-SAM ViT-B's decoder at 100 boxes, transformers' against ``decode_many_hq``, and its floor
+    from torch's FLOP count of ``decode_many_hq`` (shared + per-box, counted at 2 and 4 boxes)."""
+    from grounded.adapters import SAM
+    from grounded.tasks.bench import bench_image
+
+    kwargs = {"model": str(segmenter_dir), "device": device, "precision": precision, "cache_size": 0}
+    ours, theirs = SAM(fast_kernels=True, **kwargs), SAM(fast_kernels=False, **kwargs)
+    ours.warm_up()
+    theirs.warm_up()
+    image = bench_image("astronaut@1024")
+    (embedding,) = ours.encode([image])
+    boxes = _boxes(image.size, BOXES)
+    return _compare_decoders(ours, theirs, embedding, boxes)
+
+
+def sam2_decoder(device: str, precision: str) -> dict[str, Any]:
+    """Row 1c: SAM 2.1 Hiera-T's decoder at 100 boxes, transformers' ``Sam2Model`` against
+    ``decode_many_sam2``, and the floor from torch's FLOP count of ``decode_many_sam2``."""
+    from transformers import AutoModel
+
+    from grounded.adapters import SAM2
+    from grounded.models.testing import make_sam2
+    from grounded.tasks.bench import _cache_dir, _redraw_saved, bench_image
+
+    folder = _cache_dir() / "real-size" / "sam2.1-hiera-t"
+    if not (folder / "config.json").is_file():
+        print(f"building random-weight SAM 2.1 Hiera-T in {folder} ...")
+        make_sam2(folder, size="hiera-t")
+        _redraw_saved(folder, AutoModel.from_pretrained)
+    kwargs = {"model": str(folder), "device": device, "precision": precision, "cache_size": 0}
+    ours, theirs = SAM2(fast_kernels=True, **kwargs), SAM2(fast_kernels=False, **kwargs)
+    ours.warm_up()
+    theirs.warm_up()
+    image = bench_image("astronaut@1024")
+    (embedding,) = ours.encode([image])
+    boxes = _boxes(image.size, BOXES)
+    return _compare_decoders(ours, theirs, embedding, boxes)
+
+
+def _compare_decoders(ours: Any, theirs: Any, embedding: Any, boxes: torch.Tensor) -> dict[str, Any]:
+    """Both decoders at ``BOXES`` boxes: seconds, agreement, and the batched one's floor (torch's FLOP
+    count: shared + per box, counted at 2 and 4 boxes, at the GEMM rate measured around the timing)."""
+    rate_before = gemm_rate(ours.device.type)
+    hf_s, (hf_low, hf_iou) = _timed(theirs._decode_raw, embedding, boxes=boxes)
+    ours_s, (low, iou) = _timed(ours._decode_raw, embedding, boxes=boxes)
+    rate = max(rate_before, gemm_rate(ours.device.type))
+
+    def decode(n: int) -> Any:
+        return ours._decode_raw(embedding, boxes=boxes[:n])
+
+    two, four = _counted_flops(decode, 2), _counted_flops(decode, 4)
+    per_box = (four - two) / 2
+    total = two - 2 * per_box + BOXES * per_box
+    a, b = low > 0, hf_low > 0
+    inter, union = (a & b).flatten(1).sum(1).float(), (a | b).flatten(1).sum(1).float()
+    return {
+        "transformers_s": hf_s,
+        "ours_s": ours_s,
+        "transformers_ms_per_box": 1000 * hf_s / BOXES,
+        "ours_ms_per_box": 1000 * ours_s / BOXES,
+        "speedup": hf_s / ours_s,
+        "floor_gflop": total / 1e9,
+        "per_box_gflop": per_box / 1e9,
+        "floor_s": total / rate,
+        "over_floor": ours_s / (total / rate),
+        "gemm_gflops": rate / 1e9,
+        "max_logit_diff": float((low - hf_low).abs().max()),
+        "max_iou_pred_diff": float((iou - hf_iou).abs().max()),
+        "min_mask_iou": float(torch.where(union > 0, inter / union.clamp(min=1), 1.0).min()),
+    }
+
+
 def _blob_logits(boxes: torch.Tensor, side: int, scale: float = 4.0) -> torch.Tensor:
     """``(N, 1, side, side)`` low-resolution logits of an object in each box (1024-px input, 4 px a cell)."""
     gen = torch.Generator().manual_seed(2)
@@ -188,24 +275,53 @@ def _results_stages(
     return times, masks.cpu()
 
 
+# the stages of a ``grounded`` run, by the function whose cumulative time is the stage's (file, function);
+# a stage's time excludes the model loading (``warm_up``) it triggers, which is its own row
+_STAGES = {
+    "model loading": ("common.py", "warm_up"),
+    "detector": ("grounding_dino.py", "detect"),
+    "SAM image encoder": ("sam.py", "_encode_batch"),
+    "SAM mask decoder": ("sam.py", "_decode_raw"),
+    "masks upsampled": ("sam.py", "_upsample_parts"),
+    "results written": ("export.py", "write_image_results"),
+    "COCO evaluation": ("cocoeval.py", "evaluate"),
+}
+
+
 def _profile_breakdown(path: Path) -> dict[str, float]:
-    """Cumulative seconds of the stages that matter, from a cProfile file of a ``grounded`` run."""
+    """Where the seconds of a profiled ``grounded`` run went (cProfile file): start-up (everything before the
+    CLI's ``main``: the imports of the process start), model loading (with the imports it triggers), each
+    stage without the model loading it triggered, and the rest of ``main``; the imports made anywhere
+    (cProfile counts an import's outermost call only) as a separate, overlapping figure. The rows sum to the
+    profiled total (cProfile's overhead inflates each a little)."""
     stats = pstats.Stats(str(path))
-    wanted = {
-        "model loading": ("sources.py", "load_weights"),
-        "detector": ("grounding_dino.py", "detect"),
-        "SAM image encoder": ("sam.py", "_encode_batch"),
-        "SAM mask decoder": ("sam.py", "_decode_raw"),
-        "masks upsampled": ("sam.py", "_upsample_parts"),
-        "of which windowed upsampling": ("upsample.py", "upsample_windows"),
-        "results written": ("export.py", "write_image_results"),
-        "COCO evaluation": ("cocoeval.py", "evaluate"),
-    }
-    found: dict[str, float] = {}
-    for (filename, _line, function), row in stats.stats.items():  # type: ignore[attr-defined]
-        for label, (file_part, name) in wanted.items():
-            if function == name and filename.endswith(file_part):
-                found[label] = found.get(label, 0.0) + row[3]
+    table = stats.stats  # type: ignore[attr-defined]
+
+    def matching(file_part: str, name: str) -> list[Any]:
+        return [key for key in table if key[2] == name and key[0].endswith(file_part)]
+
+    def cumulative(keys: list[Any]) -> float:
+        return sum(table[key][3] for key in keys)
+
+    total = float(stats.total_tt)  # type: ignore[attr-defined]
+    main = cumulative(matching("cli/__init__.py", "main"))
+    loading = matching(*_STAGES["model loading"])
+    found: dict[str, float] = {"start-up (before main)": max(0.0, total - main)}
+    for label, (file_part, name) in _STAGES.items():
+        keys = matching(file_part, name)
+        seconds = cumulative(keys)
+        if label != "model loading":  # the loading this stage's function triggered is counted above
+            seconds -= sum(
+                row[3] for key in loading for caller, row in table[key][4].items() if caller in keys
+            )
+        if keys:
+            found[label] = seconds
+    stages = sum(v for k, v in found.items() if k != "start-up (before main)")
+    found["rest of main (parsing, lazy imports outside the stages, reading images)"] = main - stages
+    found["imports (anywhere; overlaps the rows above)"] = cumulative(
+        matching("<frozen importlib._bootstrap>", "_find_and_load")
+    )
+    found["profiled total"] = total
     return {k: round(v, 2) for k, v in found.items()}
 
 
@@ -349,6 +465,13 @@ def format_tables(results: dict[str, Any]) -> str:
         f"{d['min_mask_iou']:.5f}.",
         "",
     ]
+    for key, name, module in (
+        ("hq_decoder", "HQ-SAM ViT-B", "SamHQMaskDecoder"),
+        ("sam2_decoder", "SAM 2.1 Hiera-T", "Sam2MaskDecoder"),
+    ):
+        row = results.get(key)
+        if row:
+            lines += [*_batched_decoder_table(name, module, row), ""]
     for kind, stages in results["results"].items():
         prev, ours = stages["previous"], stages["ours"]
         lines += [
@@ -395,7 +518,62 @@ def format_tables(results: dict[str, Any]) -> str:
             )
         else:
             lines.append("\nanchor path skipped (no official venv, or not on CPU)")
+        lines += ["", *_where_table(w["segment"], anchor)]
     return "\n".join(lines)
+
+
+# the anchor path's timed stages that match a breakdown row of ``grounded segment``
+_ANCHOR_STAGES = {
+    "model loading": "load_s",
+    "detector": "detector_s",
+    "SAM image encoder": "sam_encoder_s",
+    "SAM mask decoder": "sam_decoder_s",
+    "results written": "outputs_s",
+}
+
+
+def _batched_decoder_table(name: str, module: str, row: dict[str, Any]) -> list[str]:
+    """Rows 1b / 1c: transformers' decoder against the batched one, per box, and the floor."""
+    ours = "decode_many_hq" if "HQ" in name else "decode_many_sam2"
+    return [
+        f"{name}'s mask decoder, {BOXES} boxes on one image:",
+        "",
+        "| decoder | seconds | ms a box | vs transformers | measured / floor |",
+        "|---|---:|---:|---:|---:|",
+        f"| transformers {module} | {row['transformers_s']:.2f} | {row['transformers_ms_per_box']:.0f} | 1.00x "
+        f"| {row['transformers_s'] / row['floor_s']:.1f}x |",
+        f"| grounded {ours} | {row['ours_s']:.2f} | {row['ours_ms_per_box']:.0f} | {row['speedup']:.2f}x "
+        f"| **{row['over_floor']:.2f}x** |",
+        "",
+        f"Floor: torch's FLOP count of {ours} ({row['floor_gflop']:.0f} GFLOP, {row['per_box_gflop']:.2f} a "
+        f"box) at {row['gemm_gflops']:.0f} GFLOP/s = {row['floor_s']:.2f} s. Agreement: logits within "
+        f"{row['max_logit_diff']:.1e}, IoU predictions within {row['max_iou_pred_diff']:.1e}, min mask IoU "
+        f"{row['min_mask_iou']:.5f}.",
+    ]
+
+
+def _where_table(segment: dict[str, Any], anchor: dict[str, Any] | None) -> list[str]:
+    """``grounded segment``'s profile breakdown, each row's share of the wall time and the anchor's same
+    stage: what bounds the whole-process ratio."""
+    wall = segment["wall_s"]
+    lines = [
+        f"Where `grounded segment`'s {wall:.1f} s go (cProfile of the same run; the anchor path timed by its "
+        "script, its start-up = wall minus its timed stages):",
+        "",
+        "| stage | grounded segment (s) | share of wall | anchor path (s) | anchor / grounded |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    timed = 0.0 if anchor is None else sum(float(anchor[k]) for k in _ANCHOR_STAGES.values())
+    for stage, seconds in segment["where"].items():
+        theirs: float | None = None
+        if anchor is not None and stage in _ANCHOR_STAGES:
+            theirs = float(anchor[_ANCHOR_STAGES[stage]])
+        elif anchor is not None and stage.startswith("start-up"):
+            theirs = float(anchor["wall_s"]) - timed
+        other = "" if theirs is None else f"{theirs:.2f}"
+        ratio = "" if theirs is None or seconds <= 0 else f"{theirs / seconds:.2f}x"
+        lines.append(f"| {stage} | {seconds:.2f} | {seconds / wall:.0%} | {other} | {ratio} |")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -405,11 +583,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", default="fp32", choices=("auto", "fp32", "bf16", "fp16"))
     parser.add_argument("--skip-whole", action="store_true", help="only the decoder and results rows")
+    parser.add_argument("--hq", action="store_true", help="also HQ-SAM ViT-B's decoder (row 1b)")
+    parser.add_argument("--sam2", action="store_true", help="also SAM 2.1 Hiera-T's decoder (row 1c)")
     parser.add_argument("--out", type=Path, help="also write the tables (Markdown) and JSON next to it")
     args = parser.parse_args(argv)
     detector_dir, segmenter_dir = _models(False)
     results: dict[str, Any] = {"device": args.device, "precision": args.precision}
     results |= decoder_and_results(segmenter_dir, args.device, args.precision)
+    if args.hq:
+        results["hq_decoder"] = hq_decoder(_models(False, hq=True)[1], args.device, args.precision)
+    if args.sam2:
+        results["sam2_decoder"] = sam2_decoder(args.device, args.precision)
     print(format_tables(results), flush=True)
     if not args.skip_whole:
         with tempfile.TemporaryDirectory() as work:

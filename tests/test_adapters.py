@@ -191,6 +191,14 @@ def test_sam_masks_one_decoder_call_per_image(request, hq, image_files, monkeypa
             calls.append(sparse.shape[:2]) or shared(model, emb, sparse, *a, **k)
         ),
     )
+    shared_hq = sam_module.decode_many_hq  # HQ-SAM's
+    monkeypatch.setattr(
+        sam_module,
+        "decode_many_hq",
+        lambda model, emb, inter, sparse, *a, **k: (
+            calls.append(sparse.shape[:2]) or shared_hq(model, emb, inter, sparse, *a, **k)
+        ),
+    )
     out = sam.segment(images, dets)
     calls = [tuple(c)[:2] for c in calls]
     assert calls == [(1, 2), (1, 1)]  # one decoder call per image, all its boxes at once

@@ -5,13 +5,22 @@ from __future__ import annotations
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
-from transformers import SamModel
+from transformers import Sam2Model, SamHQModel, SamModel
 
 import grounded.runtime.fast_decoder as fast_decoder
-from grounded.adapters import SAM
+from grounded.adapters import SAM, SAM2
 from grounded.core.images import load_image
-from grounded.models.testing import sam_config
-from grounded.runtime.fast_decoder import decode_many, decoder_flops, supports_decode_many
+from grounded.models.testing import sam2_config, sam_config
+from grounded.runtime.compat import fix_sam_hq_decoder, sam_hq_decoder_is_buggy
+from grounded.runtime.fast_decoder import (
+    decode_many,
+    decode_many_hq,
+    decode_many_sam2,
+    decoder_flops,
+    supports_decode_many,
+    supports_decode_many_hq,
+    supports_decode_many_sam2,
+)
 from grounded.tasks.bench import healthy_weights
 
 
@@ -173,3 +182,199 @@ def test_decode_many_under_bf16_autocast_stays_close():
     assert (masks.float() - expected.pred_masks).abs().max() < 0.05 * scale
     assert ((masks > 0) == (expected.pred_masks > 0)).float().mean() > 0.98
     assert (iou.float() - expected.iou_scores).abs().max() < 0.05
+
+
+def _hq_model(seed: int = 0) -> SamHQModel:
+    torch.manual_seed(seed)
+    model = SamHQModel(sam_config("tiny", hq=True)).eval().requires_grad_(False)
+    healthy_weights(model, seed=seed)
+    fix_sam_hq_decoder(model)  # the official HQ-SAM (the batched path computes that one)
+    return model
+
+
+@pytest.mark.parametrize("multimask", [False, True])
+@pytest.mark.parametrize("hq_token_only", [False, True])
+@pytest.mark.parametrize("chunk", [1, 3, 64])
+def test_decode_many_hq_equals_transformers(multimask, hq_token_only, chunk):
+    """HQ-SAM's decoder (transformers' SamHQModel with the official decoder restored), boxes and points."""
+    model = _hq_model()
+    embedding, boxes = _embedding(model), _boxes(model, 7)
+    vit = model.config.vision_config
+    side = vit.image_size // vit.patch_size
+    gen = torch.Generator().manual_seed(4)
+    intermediate = [torch.randn(1, side, side, vit.hidden_size, generator=gen)]
+    assert supports_decode_many_hq(model) and not supports_decode_many(model)
+    with torch.inference_mode():
+        expected = model(
+            image_embeddings=embedding,
+            intermediate_embeddings=intermediate,
+            input_boxes=boxes,
+            multimask_output=multimask,
+            hq_token_only=hq_token_only,
+        )
+        sparse, dense = model.prompt_encoder(None, None, boxes, None)
+        got = decode_many_hq(
+            model, embedding, intermediate, sparse, dense[:1], multimask, hq_token_only, chunk=chunk
+        )
+    _assert_same(got, expected)
+
+
+def test_decode_many_hq_needs_the_official_decoder():
+    torch.manual_seed(0)
+    model = SamHQModel(sam_config("tiny", hq=True)).eval()
+    assert supports_decode_many_hq(model) is not sam_hq_decoder_is_buggy(model.mask_decoder)
+    fix_sam_hq_decoder(model)
+    assert supports_decode_many_hq(model)
+
+
+def test_hq_adapter_uses_the_shared_decoder(tiny_sam_hq, astronaut, monkeypatch):
+    image = load_image(astronaut, name="astronaut")
+    boxes = torch.tensor([[10.0, 20.0, 300.0, 400.0], [100.0, 50.0, 200.0, 500.0], [0.0, 0.0, 511.0, 511.0]])
+    results = {}
+    calls = []
+    real = fast_decoder.decode_many_hq
+    monkeypatch.setattr(
+        "grounded.adapters.sam.decode_many_hq", lambda *a, **k: calls.append(1) or real(*a, **k)
+    )
+    for fast in (True, False):
+        segmenter = SAM(model=str(tiny_sam_hq), device="cpu", fast_kernels=fast, cache_size=0)
+        segmenter.warm_up()
+        healthy_weights(segmenter._model, seed=2)
+        (embedding,) = segmenter.encode([image])
+        results[fast] = segmenter.decode(embedding, boxes), segmenter._decode_raw(embedding, boxes=boxes)
+    assert calls == [1, 1]
+    (fast_masks, fast_iou), (fast_low, _) = results[True]
+    (slow_masks, slow_iou), (slow_low, _) = results[False]
+    torch.testing.assert_close(fast_iou, slow_iou, atol=1e-5, rtol=1e-5)
+    assert (fast_low - slow_low).abs().max() <= 1e-4
+    assert (fast_masks == slow_masks).float().mean() > 0.9999
+    assert 0.01 < fast_masks.float().mean() < 0.99
+
+
+@pytest.mark.slow
+def test_decode_many_hq_equals_transformers_real_size():
+    """HQ-SAM ViT-B's decoder (256 channels, 64x64 embedding, 768-wide early ViT features), 100 boxes."""
+    torch.manual_seed(0)
+    model = SamHQModel(sam_config("vit-b", hq=True)).eval().requires_grad_(False)
+    healthy_weights(model)
+    fix_sam_hq_decoder(model)
+    embedding, boxes = _embedding(model), _boxes(model, 100)
+    vit = model.config.vision_config
+    side = vit.image_size // vit.patch_size
+    intermediate = [torch.randn(1, side, side, vit.hidden_size, generator=torch.Generator().manual_seed(1))]
+    with torch.inference_mode():
+        expected = model(
+            image_embeddings=embedding,
+            intermediate_embeddings=intermediate,
+            input_boxes=boxes,
+            multimask_output=False,
+        )
+        sparse, dense = model.prompt_encoder(None, None, boxes, None)
+        got = decode_many_hq(model, embedding, intermediate, sparse, dense[:1], False, False)
+    _assert_same(got, expected)
+
+
+def test_decode_many_hq_under_bf16_autocast_stays_close():
+    """HQ-SAM's batched decoder under the GPU path's bf16 autocast: runs, stays near fp32."""
+    model = _hq_model()
+    embedding, boxes = _embedding(model), _boxes(model, 5)
+    vit = model.config.vision_config
+    side = vit.image_size // vit.patch_size
+    intermediate = [torch.randn(1, side, side, vit.hidden_size, generator=torch.Generator().manual_seed(4))]
+    with torch.inference_mode():
+        expected = model(
+            image_embeddings=embedding,
+            intermediate_embeddings=intermediate,
+            input_boxes=boxes,
+            multimask_output=False,
+        )
+        sparse, dense = model.prompt_encoder(None, None, boxes, None)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            masks, iou = decode_many_hq(model, embedding, intermediate, sparse, dense[:1], False, False)
+    scale = expected.pred_masks.abs().max()
+    assert (masks.float() - expected.pred_masks).abs().max() < 0.05 * scale
+    assert ((masks > 0) == (expected.pred_masks > 0)).float().mean() > 0.98
+    assert (iou.float() - expected.iou_scores).abs().max() < 0.05
+
+
+def _sam2_model(seed: int = 0) -> Sam2Model:
+    torch.manual_seed(seed)
+    model = Sam2Model(sam2_config("tiny")).eval().requires_grad_(False)
+    healthy_weights(model, seed=seed)
+    return model
+
+
+@pytest.mark.parametrize("multimask", [False, True])
+@pytest.mark.parametrize("stability", [None, 0.0, 1.01])  # the default / always stable / never stable
+@pytest.mark.parametrize("chunk", [1, 3, 64])
+def test_decode_many_sam2_equals_transformers(multimask, stability, chunk):
+    """SAM 2's image decoder (transformers' Sam2Model): high-resolution features, the object-score token, the
+    single mask picked by stability."""
+    model = _sam2_model()
+    if stability is not None:
+        model.mask_decoder.dynamic_multimask_stability_thresh = stability
+    side = model.config.prompt_encoder_config.image_size
+    pixels = torch.randn(1, 3, side, side, generator=torch.Generator().manual_seed(5))
+    boxes = _boxes(model, 7)
+    assert supports_decode_many_sam2(model) and not supports_decode_many(model)
+    with torch.inference_mode():
+        levels = model.get_image_embeddings(pixels)
+        expected = model(image_embeddings=levels, input_boxes=boxes, multimask_output=multimask)
+        sparse, dense = model.prompt_encoder(None, None, boxes, None)
+        got = decode_many_sam2(model, levels[-1], levels[:-1], sparse, dense[:1], multimask, chunk=chunk)
+    _assert_same(got, expected)
+
+
+def test_sam2_adapter_uses_the_shared_decoder(tiny_sam2, astronaut, monkeypatch):
+    image = load_image(astronaut, name="astronaut")
+    boxes = torch.tensor([[10.0, 20.0, 300.0, 400.0], [100.0, 50.0, 200.0, 500.0], [0.0, 0.0, 511.0, 511.0]])
+    results = {}
+    calls = []
+    real = fast_decoder.decode_many_sam2
+    monkeypatch.setattr(
+        "grounded.adapters.sam.decode_many_sam2", lambda *a, **k: calls.append(1) or real(*a, **k)
+    )
+    for fast in (True, False):
+        segmenter = SAM2(model=str(tiny_sam2), device="cpu", fast_kernels=fast, cache_size=0)
+        segmenter.warm_up()
+        healthy_weights(segmenter._model, seed=2)
+        (embedding,) = segmenter.encode([image])
+        results[fast] = segmenter.decode(embedding, boxes), segmenter._decode_raw(embedding, boxes=boxes)
+    assert calls == [1, 1]
+    (fast_masks, fast_iou), (fast_low, _) = results[True]
+    (slow_masks, slow_iou), (slow_low, _) = results[False]
+    torch.testing.assert_close(fast_iou, slow_iou, atol=1e-5, rtol=1e-5)
+    assert (fast_low - slow_low).abs().max() <= 1e-4
+    assert (fast_masks == slow_masks).float().mean() > 0.9999
+    assert 0.01 < fast_masks.float().mean() < 0.99
+
+
+@pytest.mark.slow
+def test_decode_many_sam2_equals_transformers_real_size():
+    """SAM 2.1 Hiera-T's decoder (its 1024-px feature pyramid), 100 boxes, single-mask output by stability."""
+    torch.manual_seed(0)
+    model = Sam2Model(sam2_config("hiera-t")).eval().requires_grad_(False)
+    healthy_weights(model)
+    side = model.config.prompt_encoder_config.image_size
+    pixels = torch.randn(1, 3, side, side, generator=torch.Generator().manual_seed(5))
+    boxes = _boxes(model, 100)
+    with torch.inference_mode():
+        levels = model.get_image_embeddings(pixels)
+        expected = model(image_embeddings=levels, input_boxes=boxes, multimask_output=False)
+        sparse, dense = model.prompt_encoder(None, None, boxes, None)
+        got = decode_many_sam2(model, levels[-1], levels[:-1], sparse, dense[:1], False)
+    _assert_same(got, expected)
+
+
+def test_decode_many_sam2_equals_transformers_for_points():
+    model = _sam2_model(seed=3)
+    side = model.config.prompt_encoder_config.image_size
+    pixels = torch.randn(1, 3, side, side, generator=torch.Generator().manual_seed(3))
+    points = torch.tensor([[[[10.0, 20.0], [90.0, 70.0]], [[64.0, 64.0], [5.0, 120.0]], [[30, 100], [1, 1]]]])
+    labels = torch.tensor([[[1, 0], [1, 1], [1, -1]]])
+    with torch.inference_mode():
+        levels = model.get_image_embeddings(pixels)
+        expected = model(image_embeddings=levels, input_points=points, input_labels=labels)
+        sparse, dense = model.prompt_encoder(points, labels, None, None)
+        got = decode_many_sam2(model, levels[-1], levels[:-1], sparse, dense[:1], True)
+    _assert_same(got, expected)

@@ -16,7 +16,9 @@ def _dets(boxes: torch.Tensor, size: tuple[int, int]) -> Detections:
 
 
 def test_sam2_masks_and_one_decoder_call_per_image(tiny_sam2, image_files):
-    sam2 = SAM2(model=str(tiny_sam2))
+    sam2 = SAM2(
+        model=str(tiny_sam2), fast_kernels=False
+    )  # transformers' decoder (the batched one: test_fast_decoder)
     sam2.warm_up()
     images = [load_image(image_files["coffee"]), load_image(image_files["chelsea"])]
     boxes = [
@@ -33,7 +35,7 @@ def test_sam2_masks_and_one_decoder_call_per_image(tiny_sam2, image_files):
 
 
 def test_sam2_boxes_are_scaled_like_its_processor(tiny_sam2, image_files):
-    sam2 = SAM2(model=str(tiny_sam2))
+    sam2 = SAM2(model=str(tiny_sam2), fast_kernels=False)  # the boxes transformers' Sam2Model is given
     sam2.warm_up()
     image = load_image(image_files["coffee"])
     box = [[[10.0, 20.0, 200.0, 300.0]]]

@@ -68,9 +68,16 @@ def encode_window(window: np.ndarray, top: int, left: int, size: tuple[int, int]
 
 
 def _encode_whole(window: np.ndarray, top: int, left: int, size: tuple[int, int]) -> dict[str, Any]:
-    whole = np.zeros(size, dtype=np.uint8, order="F")
-    whole[top : top + window.shape[0], left : left + window.shape[1]] = window
-    return rle_to_json(mask_utils.encode(whole[:, :, None])[0])
+    """pycocotools' C encoder on the whole mask, laid out column-major by OpenCV's blocked transpose (a
+    strided NumPy copy into Fortran order is several times slower)."""
+    import cv2
+
+    height, width = size
+    columns = np.zeros((width, height), dtype=np.uint8)  # row x: image column x, the Fortran layout
+    if window.size:
+        part = cv2.transpose(np.ascontiguousarray(window).view(np.uint8))
+        columns[left : left + window.shape[1], top : top + window.shape[0]] = part
+    return rle_to_json(mask_utils.encode(columns.T[:, :, None])[0])
 
 
 def rle_to_json(rle: dict[str, Any]) -> dict[str, Any]:
@@ -83,12 +90,21 @@ def rle_to_json(rle: dict[str, Any]) -> dict[str, Any]:
 
 
 def decode_rle(rle: dict[str, Any]) -> np.ndarray:
-    """Decode one COCO RLE (compressed or uncompressed) to a boolean ``(H, W)`` mask."""
+    """Decode one COCO RLE (compressed or uncompressed) to a boolean ``(H, W)`` mask (C order).
+
+    pycocotools decodes column-major (Fortran order); the mask is laid out row-major by OpenCV's blocked
+    transpose, since every reader (NumPy arithmetic, Pillow, torch) would otherwise copy it strided, several
+    times slower on a large image."""
+    import cv2
+
     if isinstance(rle["counts"], list):
         rle = mask_utils.frPyObjects(rle, *rle["size"])
     elif isinstance(rle["counts"], str):
         rle = {"size": rle["size"], "counts": rle["counts"].encode("ascii")}
-    return mask_utils.decode(rle).astype(bool)
+    columns = mask_utils.decode(rle).T  # (W, H), C-contiguous: the Fortran layout of (H, W)
+    if columns.shape[0] == 0 or columns.shape[1] == 0:
+        return np.zeros(columns.shape[::-1], dtype=bool)
+    return cv2.transpose(np.ascontiguousarray(columns)).view(bool)
 
 
 def rle_area(rle: dict[str, Any]) -> int:

@@ -18,6 +18,14 @@ masks and IoU predictions (float rounding only) with
   upscaler one prompt at a time.
 
 :func:`decoder_flops` counts the multiply-adds of both formulations from the shapes (the benchmark's floor).
+
+:func:`decode_many_hq` does the same for HQ-SAM (``SamHQModel``, its official decoder: see
+:mod:`grounded.runtime.compat`): the same two-way transformer with the HQ token, HQ-SAM's image features
+(the encoded embedding plus the compressed early ViT features) computed once, its two 3x3 mask-feature
+convolutions per prompt in channels-last layout (most of its work: about 5 GFLOP a prompt at ViT-B).
+:func:`decode_many_sam2` does it for SAM 2's image decoder (``Sam2Model``): the object-score token, the two
+high-resolution feature maps added in the upscaler (laid out once in its sub-pixel order), the decoder's own
+choice of the single mask by stability.
 """
 
 from __future__ import annotations
@@ -28,7 +36,18 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-__all__ = ["DecoderFlops", "decode_many", "decoder_flops", "supports_decode_many"]
+from grounded.runtime.compat import sam_hq_decoder_is_buggy
+
+__all__ = [
+    "DecoderFlops",
+    "decode_many",
+    "decode_many_hq",
+    "decode_many_sam2",
+    "decoder_flops",
+    "supports_decode_many",
+    "supports_decode_many_hq",
+    "supports_decode_many_sam2",
+]
 
 #: prompts decoded together (their image-side tensors are about 30 MB a prompt in float32)
 CHUNK = 16
@@ -77,6 +96,11 @@ def _prepare(decoder: Any, embedding: torch.Tensor, pos: torch.Tensor, dense: to
     )
 
 
+def _out_proj(attn: Any) -> Any:
+    """An attention's output projection (``out_proj`` in SAM and HQ-SAM, ``o_proj`` in SAM 2)."""
+    return attn.out_proj if hasattr(attn, "out_proj") else attn.o_proj
+
+
 def _tokens_attention(attn: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
     """A transformers ``SamAttention`` on token-only ``(n, T, C)`` inputs (small: the module itself)."""
     return attn(query=query[None], key=key[None], value=value[None])[0][0]
@@ -88,7 +112,7 @@ def _token_to_image_shared(attn: Any, queries: torch.Tensor, image: _Image) -> t
     heads = attn.num_attention_heads
     q = attn.q_proj(queries).view(n * tokens, heads, -1).transpose(0, 1)[None]  # (1, heads, nT, d)
     out = F.scaled_dot_product_attention(q, image.keys0[None], image.values0[None], scale=attn.scaling)
-    return attn.out_proj(out[0].transpose(0, 1).reshape(n, tokens, -1))
+    return _out_proj(attn)(out[0].transpose(0, 1).reshape(n, tokens, -1))
 
 
 def _token_to_image(
@@ -105,7 +129,7 @@ def _token_to_image(
     weight_v = attn.v_proj.weight.view(heads, -1, channels)
     out = torch.einsum("nhtc,hdc->nthd", pooled.view(n, heads, tokens, channels), weight_v)
     out = out + attn.v_proj.bias.view(heads, -1)
-    return attn.out_proj(out.reshape(n, tokens, -1))
+    return _out_proj(attn)(out.reshape(n, tokens, -1))
 
 
 def _token_values(attn: Any, queries_pos: torch.Tensor, queries: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -115,10 +139,10 @@ def _token_values(attn: Any, queries_pos: torch.Tensor, queries: torch.Tensor) -
     heads = attn.num_attention_heads
     k = attn.k_proj(queries_pos).view(n, tokens, heads, -1)
     v = attn.v_proj(queries).view(n, tokens, heads, -1)
-    weight_o = attn.out_proj.weight.view(channels, heads, -1)  # (C, heads, d)
+    weight_o = _out_proj(attn).weight.view(channels, heads, -1)  # (C, heads, d)
     values = torch.einsum("nthd,chd->nhtc", v, weight_o).reshape(n, heads * tokens, channels)
     # each head's probabilities sum to 1 over its tokens: the output bias, shared out over the heads' rows
-    return k, values + attn.out_proj.bias / heads
+    return k, values + _out_proj(attn).bias / heads
 
 
 def _image_to_token_shared(
@@ -201,14 +225,19 @@ def _transformer(
 
 
 def _upscaled_masks(
-    decoder: Any, keys: torch.Tensor, hyper: torch.Tensor, size: tuple[int, int]
+    decoder: Any,
+    keys: torch.Tensor,
+    hyper: torch.Tensor,
+    size: tuple[int, int],
+    high_res: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """``(n, M, 4h, 4w)`` mask logits: the upscaler's two stride-2 transposed convolutions as matrix products
     over sub-pixel positions, then the hypernetwork product, then one rearrangement of the small masks.
 
     Every position is upscaled on its own, so this runs :data:`BLOCK` positions of one prompt at a time: the
     intermediate tensors stay in the CPU's last-level cache (a whole ViT-B prompt's are 12 MB) and there are
-    few enough calls that a busy machine's thread hand-offs do not dominate (smaller blocks lost there)."""
+    few enough calls that a busy machine's thread hand-offs do not dominate (smaller blocks lost there).
+    ``high_res``: SAM 2's features added after each convolution, in the sub-pixel layout (:func:`_sub_pixel`)."""
     n, positions, channels = keys.shape
     height, width = size
     conv1, conv2, norm = decoder.upscale_conv1, decoder.upscale_conv2, decoder.upscale_layer_norm
@@ -222,8 +251,13 @@ def _upscaled_masks(
         for start in range(0, positions, block):
             stop = min(positions, start + block)
             x = torch.addmm(bias1, keys[i, start:stop], weight1)
+            if high_res is not None:
+                x = x + high_res[0][start:stop]
             x = decoder.activation(_layer_norm(norm, x.view(-1, mid)))
-            x = decoder.activation(torch.addmm(bias2, x, weight2))
+            x = torch.addmm(bias2, x, weight2)
+            if high_res is not None:
+                x = x + high_res[1][4 * start : 4 * stop]
+            x = decoder.activation(x)
             torch.mm(hyper[i], x.view(-1, low).t(), out=masks[i, :, 16 * start : 16 * stop])
     # (y, x, a, b, c, d) → row 4y + 2a + c, column 4x + 2b + d
     masks = masks.view(n, -1, height, width, 2, 2, 2, 2).permute(0, 1, 2, 4, 6, 3, 5, 7)
@@ -278,6 +312,208 @@ def decode_many(
     mask_parts, iou_parts = [], []
     for start in range(0, sparse.shape[0], max(1, chunk)):
         masks, iou = _decode_chunk(decoder, sparse[start : start + chunk], image, size, multimask_output)
+        mask_parts.append(masks)
+        iou_parts.append(iou)
+    return torch.cat(mask_parts)[None], torch.cat(iou_parts)[None]
+
+
+# ---------------------------------------------------------------------------- SAM 2
+def supports_decode_many_sam2(model: Any) -> bool:
+    """Whether ``model`` has transformers' SAM 2 image mask decoder (``Sam2Model``)."""
+    decoder = getattr(model, "mask_decoder", None)
+    return type(decoder).__name__ == "Sam2MaskDecoder" and hasattr(
+        model, "get_image_wide_positional_embeddings"
+    )
+
+
+def _sub_pixel(
+    feat_s1: torch.Tensor, feat_s0: torch.Tensor, size: tuple[int, int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """SAM 2's high-resolution features in the upscaler's sub-pixel layout: ``(S, (a, b, o))`` for the
+    ``(1, C / 4, 2h, 2w)`` map (pixel ``(2y + a, 2x + b)`` of position ``(y, x)``) and ``(4S, (c, d, o))``
+    rows ``(y, x, a, b)`` for the ``(1, C / 8, 4h, 4w)`` one (pixel ``(4y + 2a + c, 4x + 2b + d)``)."""
+    height, width = size
+    mid, low = feat_s1.shape[1], feat_s0.shape[1]
+    s1 = feat_s1[0].reshape(mid, height, 2, width, 2).permute(1, 3, 2, 4, 0).reshape(height * width, 4 * mid)
+    s0 = feat_s0[0].reshape(low, height, 2, 2, width, 2, 2).permute(1, 4, 2, 5, 3, 6, 0)
+    return s1, s0.reshape(4 * height * width, 4 * low)
+
+
+def decode_many_sam2(
+    model: Any,
+    image_embeddings: torch.Tensor,
+    high_resolution_features: Any,
+    sparse_embeddings: torch.Tensor,
+    dense_embeddings: torch.Tensor,
+    multimask_output: bool,
+    chunk: int = CHUNK,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`decode_many` for a transformers ``Sam2Model`` (:func:`supports_decode_many_sam2`): the same
+    shared two-way transformer with SAM 2's object-score token, its two high-resolution feature maps added in
+    the upscaler (laid out once), and its single-mask output picked by stability as the decoder does.
+    Returns ``(1, N, M, 4h, 4w)`` mask logits and ``(1, N, M)`` IoU predictions."""
+    if image_embeddings.shape[0] != 1 or sparse_embeddings.shape[0] != 1:
+        raise ValueError("decode_many_sam2 takes one image")
+    if dense_embeddings.shape[0] != 1:
+        raise ValueError("decode_many_sam2 needs one dense embedding for every prompt (no mask inputs)")
+    decoder = model.mask_decoder
+    pos = model.get_image_wide_positional_embeddings()
+    image = _prepare(decoder, image_embeddings, pos, dense_embeddings)
+    size = (int(image_embeddings.shape[2]), int(image_embeddings.shape[3]))
+    feat_s0, feat_s1 = high_resolution_features
+    high_res = _sub_pixel(feat_s1, feat_s0, size)
+    dynamic = not multimask_output and decoder.dynamic_multimask_via_stability and not decoder.training
+    tokens_out = decoder.num_mask_tokens
+    picks = range(1, tokens_out) if multimask_output else range(tokens_out) if dynamic else range(1)
+    output_tokens = torch.cat(
+        [decoder.obj_score_token.weight, decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0
+    )
+    sparse = sparse_embeddings[0]
+    mask_parts, iou_parts = [], []
+    for start in range(0, sparse.shape[0], max(1, chunk)):
+        part = sparse[start : start + chunk]
+        tokens = torch.cat([output_tokens.expand(len(part), -1, -1), part.to(output_tokens.dtype)], dim=1)
+        queries, keys = _transformer(decoder, tokens, image)
+        hyper = torch.stack(
+            [decoder.output_hypernetworks_mlps[i](queries[:, 2 + i]) for i in picks], dim=1
+        )  # (n, M, C / 8)
+        masks = _upscaled_masks(decoder, keys, hyper, size, high_res)
+        iou = decoder.iou_prediction_head(queries[:, 1])
+        if multimask_output:
+            iou = iou[:, 1:]
+        elif dynamic:  # token 0's mask where stable, else the best of tokens 1-3 (the decoder's own rule)
+            picked, iou = decoder._dynamic_multimask_via_stability(masks[None], iou[None])
+            masks, iou = picked[0], iou[0]
+        else:
+            iou = iou[:, :1]
+        mask_parts.append(masks)
+        iou_parts.append(iou)
+    return torch.cat(mask_parts)[None], torch.cat(iou_parts)[None]
+
+
+# ---------------------------------------------------------------------------- HQ-SAM
+def supports_decode_many_hq(model: Any) -> bool:
+    """Whether ``model`` has transformers' HQ-SAM mask decoder (SamHQModel) computing the official HQ-SAM
+    (fixed by :func:`~grounded.runtime.compat.fix_sam_hq_decoder`, or a transformers without the bug)."""
+    decoder = getattr(model, "mask_decoder", None)
+    if type(decoder).__name__ != "SamHQMaskDecoder" or not hasattr(
+        model, "get_image_wide_positional_embeddings"
+    ):
+        return False
+    return bool(getattr(decoder, "_grounded_fixed", False)) or not sam_hq_decoder_is_buggy(decoder)
+
+
+def _hq_features(decoder: Any, embedding: torch.Tensor, intermediate: Any) -> torch.Tensor:
+    """HQ-SAM's prompt-independent ``(1, C / 8, 4h, 4w)`` features: the encoded image embedding plus the
+    compressed early ViT features (transformers repeats them for every prompt)."""
+    features = decoder.encoder_conv2(
+        decoder.activation(decoder.encoder_norm(decoder.encoder_conv1(embedding)))
+    )
+    if intermediate is not None and len(intermediate) > 0:
+        vit = intermediate[0].permute(0, 3, 1, 2).contiguous()
+        compressed = decoder.compress_vit_conv1(vit)
+        compressed = decoder.compress_vit_conv2(decoder.activation(decoder.compress_vit_norm(compressed)))
+        features = features + compressed
+    return features
+
+
+def _upscaled_embedding(decoder: Any, keys: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """One prompt's ``(4h * 4w, C / 8)`` upscaled image embedding, pixels row-major, channels last, from its
+    ``(S, C)`` keys: the two stride-2 transposed convolutions as matrix products over sub-pixel positions,
+    then one rearrangement."""
+    channels = keys.shape[1]
+    height, width = size
+    conv1, conv2, norm = decoder.upscale_conv1, decoder.upscale_conv2, decoder.upscale_layer_norm
+    mid, low = conv1.out_channels, conv2.out_channels
+    weight1 = conv1.weight.permute(0, 2, 3, 1).reshape(channels, 4 * mid)  # (C, (a, b, o))
+    weight2 = conv2.weight.permute(0, 2, 3, 1).reshape(mid, 4 * low)
+    x = torch.addmm(conv1.bias.repeat(4), keys, weight1)
+    x = decoder.activation(_layer_norm(norm, x.view(-1, mid)))
+    x = decoder.activation(torch.addmm(conv2.bias.repeat(4), x, weight2))
+    # (y, x, a, b, c, d, o) → row 4y + 2a + c, column 4x + 2b + d, channel o
+    x = x.view(height, width, 2, 2, 2, 2, low).permute(0, 2, 4, 1, 3, 5, 6)
+    return x.reshape(16 * height * width, low)
+
+
+def _decode_chunk_hq(
+    decoder: Any,
+    sparse: torch.Tensor,
+    image: _Image,
+    hq_features: torch.Tensor,
+    size: tuple[int, int],
+    multimask: bool,
+    hq_token_only: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """HQ-SAM for a chunk of prompts. Its mask-feature convolutions (two 3x3 at 4h x 4w, most of the work)
+    run one prompt at a time in channels-last layout, where oneDNN's convolution and the channel layer norm
+    are fastest (batching prompts in channels-first, as transformers does, was slower per prompt)."""
+    n = sparse.shape[0]
+    weights = [decoder.iou_token.weight, decoder.mask_tokens.weight, decoder.hq_token.weight]
+    output_tokens = torch.cat(weights, dim=0)
+    tokens = torch.cat([output_tokens.expand(n, -1, -1), sparse.to(output_tokens.dtype)], dim=1)
+    queries, keys = _transformer(decoder, tokens, image)
+    sam_tokens = decoder.num_mask_tokens - 1  # num_mask_tokens counts the HQ token
+    picks = range(1, sam_tokens) if multimask else range(1)
+    hyper = torch.stack(
+        [decoder.output_hypernetworks_mlps[i](queries[:, 1 + i]) for i in picks], dim=1
+    )  # (n, M, C / 8)
+    hyper_hq = decoder.hq_mask_mlp(queries[:, 1 + sam_tokens])  # (n, C / 8)
+    iou = decoder.iou_prediction_head(queries[:, 0])
+    iou = iou[:, 1:sam_tokens] if multimask else iou[:, :1]
+    order = None
+    if multimask:  # HQ-SAM orders the multimask outputs by predicted IoU
+        iou, order = torch.sort(iou, dim=1, descending=True)
+    height, width = 4 * size[0], 4 * size[1]
+    masks = torch.empty(
+        (n, 1 if hq_token_only else len(picks), height, width), dtype=hyper.dtype, device=hyper.device
+    )
+    for i in range(n):
+        upscaled = _upscaled_embedding(decoder, keys[i], size)  # (4h * 4w, C / 8)
+        spatial = upscaled.view(1, height, width, -1).permute(0, 3, 1, 2)  # channels-last NCHW
+        refined = decoder.mask_conv1(spatial)
+        refined = decoder.mask_conv2(decoder.activation(decoder.mask_norm(refined))) + hq_features
+        pixels = refined.permute(0, 2, 3, 1).reshape(height * width, -1)  # a view when channels-last
+        hq = (pixels @ hyper_hq[i]).view(1, height, width)
+        if hq_token_only:
+            masks[i] = hq
+            continue
+        sam = (upscaled @ hyper[i].t()).t().reshape(-1, height, width)
+        if order is not None:
+            sam = sam[order[i]]
+        masks[i] = sam + hq
+    return masks, iou
+
+
+def decode_many_hq(
+    model: Any,
+    image_embeddings: torch.Tensor,
+    intermediate_embeddings: Any,
+    sparse_embeddings: torch.Tensor,
+    dense_embeddings: torch.Tensor,
+    multimask_output: bool,
+    hq_token_only: bool,
+    chunk: int = CHUNK,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`decode_many` for a transformers ``SamHQModel`` (:func:`supports_decode_many_hq`): the same
+    shared two-way transformer, HQ-SAM's image features computed once, its mask-feature convolutions per
+    prompt. Returns ``(1, N, M, 4h, 4w)`` mask logits and ``(1, N, M')`` IoU predictions, as the decoder
+    does (with ``hq_token_only`` its one HQ mask a prompt)."""
+    if image_embeddings.shape[0] != 1 or sparse_embeddings.shape[0] != 1:
+        raise ValueError("decode_many_hq takes one image")
+    if dense_embeddings.shape[0] != 1:
+        raise ValueError("decode_many_hq needs one dense embedding for every prompt (no mask inputs)")
+    decoder = model.mask_decoder
+    pos = model.get_image_wide_positional_embeddings()
+    image = _prepare(decoder, image_embeddings, pos, dense_embeddings)
+    hq_features = _hq_features(decoder, image_embeddings, intermediate_embeddings)
+    hq_features = hq_features.contiguous(memory_format=torch.channels_last)  # the layout of the convolutions
+    size = (int(image_embeddings.shape[2]), int(image_embeddings.shape[3]))
+    sparse = sparse_embeddings[0]
+    mask_parts, iou_parts = [], []
+    for start in range(0, sparse.shape[0], max(1, chunk)):
+        masks, iou = _decode_chunk_hq(
+            decoder, sparse[start : start + chunk], image, hq_features, size, multimask_output, hq_token_only
+        )
         mask_parts.append(masks)
         iou_parts.append(iou)
     return torch.cat(mask_parts)[None], torch.cat(iou_parts)[None]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -50,10 +50,24 @@ def label_image(det: Detections) -> np.ndarray:
     if n > 65535:
         raise ValueError(f"a uint16 label image holds at most 65535 instances, got {n}")
     scores = det.scores.detach().float().cpu().numpy()
-    labels = np.zeros(det.image_size, dtype=np.uint16)
-    for i in np.lexsort((-np.arange(n), scores)):  # ascending score; among ties the earliest is painted last
-        labels[det.mask_array(int(i))] = i + 1
-    return labels
+    order = np.lexsort((-np.arange(n), scores))  # ascending score; among ties the earliest is painted last
+    last = _last_painted((det.mask_array(int(i)) for i in order), det.image_size, n)
+    values = np.zeros(n + 1, dtype=np.uint16)
+    values[1:] = order + 1
+    return values[last]
+
+
+def _last_painted(masks: Iterator[np.ndarray], size: tuple[int, int], count: int) -> np.ndarray:
+    """For ``count`` bool masks painted one over the other in the order given, each pixel's 1-based paint
+    position of the last mask painted over it (0: none): the maximum of position x mask, one branch-free
+    pass a mask (``canvas[mask] = value`` is several times slower on ragged masks)."""
+    dtype = np.dtype(np.uint16 if count < 2**16 else np.uint32)
+    last = np.zeros(size, dtype=dtype)
+    scaled = np.empty(size, dtype=dtype)
+    for position, mask in enumerate(masks, start=1):
+        np.multiply(mask.view(np.uint8), dtype.type(position), out=scaled)
+        np.maximum(last, scaled, out=last)
+    return last
 
 
 def overlay_image(image: LoadedImage, det: Detections) -> np.ndarray:
@@ -82,7 +96,7 @@ def _draw(image: LoadedImage, det: Detections) -> np.ndarray:
     # supervision draws colors in OpenCV's BGR order, so annotate a BGR copy and flip back.
     scene = np.ascontiguousarray(image.pixels[..., ::-1])
     if det.has_masks:
-        scene = sv.MaskAnnotator(color_lookup=lookup).annotate(scene, sv_det)
+        scene = sv.MaskAnnotator(color_lookup=lookup).annotate(scene, _top_masks(sv, sv_det))
     scene = sv.BoxAnnotator(thickness=thickness, color_lookup=lookup).annotate(scene, sv_det)
     scene = sv.LabelAnnotator(
         color_lookup=lookup,
@@ -91,6 +105,40 @@ def _draw(image: LoadedImage, det: Detections) -> np.ndarray:
         text_padding=thickness * 3,
     ).annotate(scene, sv_det, labels=labels)
     return np.ascontiguousarray(scene[..., ::-1])
+
+
+def _top_masks(sv: Any, detections: Any) -> Any:
+    """``supervision`` detections whose masks paint the same colour layer as ``detections``' masks do in
+    ``MaskAnnotator``, one disjoint mask a class: the pixels whose top mask is of that class.
+
+    ``MaskAnnotator`` paints every mask in its colour (by class), largest area first, so a pixel takes the
+    colour of the last mask painted over it; painting class numbers in that same order (its own
+    ``np.flip(np.argsort(area))``, :func:`_last_painted`) gives each pixel its top mask, and the class
+    masks then take one colour paint each instead of one a detection. Each class mask's box is the union of
+    its detections' boxes (masks with pixels only), so the annotator's region is the same union of boxes."""
+    masks, class_ids = detections.mask, detections.class_id
+    if masks is None or len(masks) < 2 or class_ids is None:
+        return detections
+    area = detections.area
+    order = np.flip(np.argsort(area))
+    last = _last_painted((np.asarray(masks[i], dtype=bool) for i in order), masks.shape[1:], len(order))
+    painted = area > 0
+    classes = np.unique(class_ids[painted])
+    if not len(classes):
+        return detections
+    boxes = []
+    for c in classes:
+        own = detections.xyxy[painted & (class_ids == c)]
+        boxes.append([own[:, 0].min(), own[:, 1].min(), own[:, 2].max(), own[:, 3].max()])
+    # paint position → 1 + the index in ``classes`` of the class painted there (0: none, or an empty mask)
+    lookup = np.zeros(len(order) + 1, dtype=np.uint16 if len(classes) < 2**16 else np.uint32)
+    lookup[1:] = np.where(painted[order], np.searchsorted(classes, class_ids[order]) + 1, 0)
+    top = lookup[last]
+    return sv.Detections(
+        xyxy=np.asarray(boxes, dtype=detections.xyxy.dtype),
+        mask=np.stack([top == k + 1 for k in range(len(classes))]),
+        class_id=classes,
+    )
 
 
 def overlay_scale(image_size: tuple[int, int], masks: int) -> float:
@@ -152,22 +200,39 @@ def image_json(image: LoadedImage, det: Detections) -> dict[str, Any]:
     """
     _check_size(image, det)
     height, width = image.size
+    records = det.to_coco_records()
     return {
         "image": {"file_name": _file_name(image), "height": height, "width": width},
         "classes": list(det.classes),
-        "detections": [_result_record(r) for r in det.to_coco_records()],
+        "detections": [_result_record(r, _dense_mask_box(det, i, r)) for i, r in enumerate(records)],
     }
 
 
-def _result_record(record: dict[str, Any]) -> dict[str, Any]:
+# compressed RLE counts (characters) beyond which a dense mask's box is read off the mask, not its RLE
+_LONG_RLE = 4096
+
+
+def _dense_mask_box(det: Detections, i: int, record: dict[str, Any]) -> list[float] | None:
+    """Detection ``i``'s mask box read off its dense mask (:func:`~grounded.tasks.datasets.mask_box`, the
+    same numbers as pycocotools' ``toBbox`` of its RLE) where its RLE is long: decoding a ragged mask's
+    many runs costs more than two reductions of the mask. None: read it off the RLE."""
+    from grounded.tasks.datasets import mask_box
+
+    segmentation = record.get("segmentation")
+    if det.masks is None or segmentation is None or len(segmentation["counts"]) < _LONG_RLE:
+        return None
+    return mask_box(det.mask_array(i))
+
+
+def _result_record(record: dict[str, Any], mask_box: list[float] | None = None) -> dict[str, Any]:
     """A detection record with the 1-based category id and the mask's box (the detector's box kept as
-    ``box``)."""
+    ``box``): ``mask_box`` where given, else read off the RLE."""
     from grounded.tasks.datasets import rle_box
 
     out = dict(record, category_id=record["category_id"] + 1)
     if "segmentation" in record:
         out["box"] = record["bbox"]
-        out["bbox"] = rle_box(record["segmentation"])
+        out["bbox"] = rle_box(record["segmentation"]) if mask_box is None else mask_box
     return out
 
 
