@@ -108,7 +108,12 @@ def mots_scores(
             dataset = trackeval.datasets.MOTSChallenge(data_config)
         except trackeval.utils.TrackEvalException as exc:
             raise DatasetError(f"TrackEval: {exc}") from None
-        metrics = [trackeval.metrics.HOTA(), trackeval.metrics.CLEAR(), trackeval.metrics.Identity()]
+        quiet = {"THRESHOLD": 0.5, "PRINT_CONFIG": False}  # TrackEval's defaults, without printing them
+        metrics = [
+            trackeval.metrics.HOTA(),
+            trackeval.metrics.CLEAR(quiet),
+            trackeval.metrics.Identity(quiet),
+        ]
         by_seq = _evaluate(trackeval, dataset, metrics, root)
     finally:
         shutil.rmtree(root, ignore_errors=True)

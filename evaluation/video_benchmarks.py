@@ -185,13 +185,22 @@ def evaluate_davis(
 
 
 # ---------------------------------------------------------------------------- MOTS
-def mots_protocol(prompt: Prompt, class_ids: Sequence[int]) -> list[str]:
-    """The protocol lines of a MOTS report."""
-    mapping = ", ".join(f"'{c}' -> class {i}" for c, i in zip(prompt.classes, class_ids, strict=True))
+def mots_protocol(prompt: Prompt | None, class_ids: Sequence[int]) -> list[str]:
+    """The protocol lines of a MOTS report (``prompt``: the tracker's, ``None`` for given results)."""
+    if prompt is None:
+        first = (
+            "Results read from --predictions (MOTS txt, class 2 = pedestrian); how they were made is not "
+            "recorded here."
+        )
+    else:
+        mapping = ", ".join(f"'{c}' -> class {i}" for c, i in zip(prompt.classes, class_ids, strict=True))
+        first = (
+            "Text-prompted multi-object tracking and segmentation on MOTSChallenge: the tracking job "
+            "(`grounded track`: detector on key frames, video tracker between them, mask-IoU association) gets only "
+            f"the prompt {str(prompt)!r} ({mapping}); no ground truth is given to it."
+        )
     return [
-        "Text-prompted multi-object tracking and segmentation on MOTSChallenge: the tracking job "
-        "(`grounded track`: detector on key frames, video tracker between them, mask-IoU association) gets only "
-        f"the prompt {str(prompt)!r} ({mapping}); no ground truth is given to it.",
+        first,
         "HOTA, DetA, AssA (mean over the IoU thresholds 0.05..0.95), MOTSA (CLEAR MOTA on masks, IoU 0.5), "
         "IDF1 and IDSW by TrackEval's MOTSChallenge loader, class pedestrian; results overlapping an ignore "
         "region (class 10) by more than half and matched to nothing are removed (TrackEval).",
@@ -254,11 +263,11 @@ def evaluate_mots_dataset(
         "mots",
         f"grounded eval video: MOTSChallenge {data.name}, text-prompted HOTA",
         data,
-        mots_protocol(text, class_ids),
+        mots_protocol(text if tracking is not None else None, class_ids),
     )
     report.update(
         {
-            "prompt": str(text),
+            "prompt": str(text) if tracking is not None else None,
             "classes": {str(i): name for i, name in MOTS_CLASSES.items()},
             "summary": {
                 **{k: _finite(combined[k]) for k in MOTS_FIELDS},

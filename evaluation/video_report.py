@@ -71,7 +71,8 @@ def render_video_markdown(report: dict[str, Any]) -> str:
         pipeline = report["pipeline"]
         lines.append(f"- Pipeline `{pipeline.get('pipeline')}` (`report.json` has every parameter):")
         tracker = pipeline.get("tracker") or {}
-        lines.append(f"  - tracker: {tracker.get('type')} `{tracker.get('model', '')}`")
+        model = f" `{tracker['model']}`" if tracker.get("model") else ""
+        lines.append(f"  - tracker: {tracker.get('type')}{model}")
         for node, spec in (pipeline.get("detector") or {}).items():
             if report["benchmark"] == "mots":
                 model = (spec.get("params") or {}).get("model", "")

@@ -134,7 +134,7 @@ def davis(tmp_path):
     return scene, write_davis(tmp_path / "DAVIS", scene)
 
 
-def test_davis_perfect_results_score_one(davis, tmp_path):
+def test_davis_perfect_results_score_one(davis, tmp_path, capsys):
     scene, data = davis
     results = write_results(tmp_path / "perfect", scene)
     out = tmp_path / "report"
@@ -143,6 +143,7 @@ def test_davis_perfect_results_score_one(davis, tmp_path):
     )
     assert code == 0, err
     assert "J&F 100.0 (J 100.0, F 100.0) over 1 sequence(s), 2 object(s)" in err
+    assert capsys.readouterr().out == ""
     report = report_of(out)
     assert report["summary"]["J&F"] == 1.0 and report["summary"]["J"] == 1.0 and report["summary"]["F"] == 1.0
     assert report["summary"]["frames"] == 8 and report["run"]["ran_models"] is False
@@ -289,7 +290,7 @@ def write_mots_result(path: Path, scene: Scene, swap_from: int | None = None) ->
     return path
 
 
-def test_mots_perfect_results_score_one(mots, tmp_path):
+def test_mots_perfect_results_score_one(mots, tmp_path, capsys):
     scene, data = mots
     results = write_mots_result(tmp_path / "perfect", scene)
     out = tmp_path / "report"
@@ -305,6 +306,9 @@ def test_mots_perfect_results_score_one(mots, tmp_path):
     )
     assert s["IDSW"] == 0 and s["sequences"] == 1 and s["frames"] == 10
     assert "HOTA 100.0 (MOTSA 100.0, IDF1 100.0, IDSW 0)" in err
+    assert capsys.readouterr().out == ""  # TrackEval's printing is kept out of the user's stdout
+    report = report_of(out)
+    assert report["prompt"] is None and report["protocol"][0].startswith("Results read from --predictions")
 
 
 def test_mots_id_switch_at_the_middle_scores_what_the_definitions_give(mots, tmp_path):
