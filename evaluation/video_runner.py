@@ -52,6 +52,14 @@ def _progress_bar(total: int, desc: str, enabled: bool) -> Any:
     return tqdm(total=total, unit="frame", desc=desc, disable=not enabled or None, file=sys.stderr)
 
 
+def _clean_up(out: Path, created: bool, partial: Path | None = None) -> None:
+    """After a failed run: remove the unfinished sequence and, if this run made it and it is empty, ``out``."""
+    if partial is not None and partial.exists():
+        shutil.rmtree(partial, ignore_errors=True)
+    if created and out.is_dir() and not any(out.iterdir()):
+        out.rmdir()
+
+
 def _replace_folder(tmp: Path, final: Path) -> None:
     if final.exists():
         shutil.rmtree(final)
@@ -68,8 +76,10 @@ def predict_davis(
             f"{type(tracker).__name__} finds objects from text itself; DAVIS (prompted video object "
             "segmentation) needs a tracker that follows given masks (sam2_video)"
         )
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     written: dict[str, Path] = {}
+    tmp: Path | None = None
     bar = _progress_bar(sum(s.frames for s in sequences), "davis", progress)
     try:
         for seq in sequences:
@@ -99,6 +109,9 @@ def predict_davis(
             tracker.drop(seq.objects)
             _replace_folder(tmp, out / seq.name)
             written[seq.name] = out / seq.name
+    except BaseException:
+        _clean_up(out, created, tmp)
+        raise
     finally:
         bar.close()
     return written
@@ -122,6 +135,7 @@ def predict_mots(
         raise UserError(
             f"the prompt has {len(prompt.classes)} class(es) for {len(class_ids)} evaluated class(es)"
         )
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     to_dataset: Mapping[str, str] = {str(i + 1): str(c) for i, c in enumerate(class_ids)}
     written: dict[str, Path] = {}
@@ -145,6 +159,9 @@ def predict_mots(
                 raise DatasetError(f"{seq.images}: read {frames} frame(s) of {seq.frames}")
             atomic_write_text(out / f"{seq.name}.txt", "".join(lines))
             written[seq.name] = out / f"{seq.name}.txt"
+    except BaseException:
+        _clean_up(out, created)
+        raise
     finally:
         bar.close()
     return written

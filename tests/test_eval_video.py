@@ -247,6 +247,55 @@ def test_davis_bad_folders_and_results_fail_in_one_line(davis, tmp_path):
     assert code == 2 and "every frame needs its annotation" in err
 
 
+def test_a_run_that_fails_mid_sequence_leaves_nothing_behind(davis, tmp_path):
+    scene, data = davis
+    (data / "JPEGImages" / "480p" / SEQ / "00005.jpg").write_bytes(b"not a jpeg")
+    out = tmp_path / "crash"
+    yaml = oracle_yaml(tmp_path, scene, "crash")
+    code, err = run_eval("--data", str(data), "--format", "davis", "--pipeline", yaml, "--out", str(out))
+    assert code == 2 and "00005.jpg" in err and len(err.strip().splitlines()) == 1, err
+    assert not out.exists()  # no report, no half sequence of PNGs, no empty folders
+
+
+def test_sequences_option_picks_sequences(tmp_path):
+    scene = two_objects(5)
+    data = write_davis(tmp_path / "DAVIS", scene, name="a")
+    write_davis(data, scene, name="b")  # val.txt now lists only b
+    results = write_results(write_results(tmp_path / "res", scene, name="a"), scene, name="b")
+    out = tmp_path / "r"
+    code, err = run_eval(
+        "--data",
+        str(data),
+        "--format",
+        "davis",
+        "--predictions",
+        str(results),
+        "--sequences",
+        "a,b",
+        "--out",
+        str(out),
+    )
+    assert code == 0, err
+    assert [s["name"] for s in report_of(out)["sequences"]] == ["a", "b"]
+    code, err = run_eval(
+        "--data", str(data), "--format", "davis", "--predictions", str(results), "--out", str(out)
+    )
+    assert code == 0 and [s["name"] for s in report_of(out)["sequences"]] == ["b"]
+    code, err = run_eval(
+        "--data",
+        str(data),
+        "--format",
+        "davis",
+        "--predictions",
+        str(results),
+        "--split",
+        "train",
+        "--out",
+        str(out),
+    )
+    assert code == 2 and "no ImageSets/2017/train.txt" in err
+
+
 def test_davis_tiny_random_sam2_video_through_the_command(tmp_path, tiny_sam2_video):
     tracker = tiny_sam2_video
     scene = two_objects(4)
