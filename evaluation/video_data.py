@@ -47,7 +47,8 @@ def _images(folder: Path, suffixes: Sequence[str] = IMAGE_SUFFIXES) -> list[Path
 
 
 def read_label_png(path: Path) -> np.ndarray:
-    """An indexed (palette) or grey PNG as its ``(H, W)`` integer values (DAVIS annotations and results)."""
+    """An indexed (palette) or grey PNG as its ``(H, W)`` integer values (DAVIS annotations and results;
+    uint8, or uint16 / int32 for 16-bit PNGs)."""
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -57,7 +58,7 @@ def read_label_png(path: Path) -> np.ndarray:
                     f"{path}: a {image.mode} PNG; DAVIS masks are indexed (palette) or grey PNGs whose values "
                     "are object ids"
                 )
-            return np.asarray(image).astype(np.int64)
+            return np.asarray(image)  # uint8 for palette / grey: a sequence's frames stay small in memory
     except (OSError, UnidentifiedImageError) as exc:
         raise DatasetError(f"{path}: cannot read the PNG ({exc})") from None
 

@@ -165,6 +165,17 @@ def test_davis_id_swap_and_shifted_mask_score_what_the_definitions_give(davis, t
     s = report_of(tmp_path / "a")["summary"]
     assert s["J"] == pytest.approx(0.5) and s["F"] == pytest.approx(0.5) and s["J&F"] == pytest.approx(0.5)
 
+    # swapped on every scored frame: semi-supervised DAVIS scores id k against object k, so J = F = 0 (an
+    # optimal id assignment, TrackEval's unsupervised JAndF as it is, would forgive the swap and give 1)
+    everywhere = write_results(
+        tmp_path / "everywhere", scene, lambda t, lab: np.choose(lab, [0, 2, 1]) if t >= 1 else lab
+    )
+    code, err = run_eval(
+        "--data", str(data), "--format", "davis", "--predictions", str(everywhere), "--out", str(tmp_path / "c")
+    )  # fmt: skip
+    assert code == 0, err
+    assert report_of(tmp_path / "c")["summary"]["J&F"] == 0.0
+
     # object 1 shifted 4 pixels right on every frame: a 10x12 box against itself moved by 4 has IoU
     # (12-4)/(12+4) = 0.5; object 2 is exact -> J = (0.5 + 1) / 2
     def shift(t, lab):
