@@ -40,6 +40,8 @@ from grounded.evaluation.runner import (
     score_dataset,
     to_coco_results,
 )
+from grounded.evaluation.video import DavisScores, davis_scores, evaluate_mots, mots_scores
+from grounded.evaluation.video_benchmarks import evaluate_davis, evaluate_mots_dataset
 
 __all__ = [
     "SEGINW_ANNOTATION",
@@ -49,6 +51,7 @@ __all__ = [
     "DatasetError",
     "DatasetPredictions",
     "DatasetResult",
+    "DavisScores",
     "EvalProtocol",
     "EvalRun",
     "EvaluationError",
@@ -56,11 +59,16 @@ __all__ = [
     "Scoring",
     "build_eval_pipeline",
     "coco_scores",
+    "davis_scores",
     "evaluate_coco",
+    "evaluate_davis",
+    "evaluate_mots",
+    "evaluate_mots_dataset",
     "evaluate_seginw",
     "find_seginw",
     "load_coco_dataset",
     "load_seginw_reference",
+    "mots_scores",
     "pipeline_fingerprint",
     "predict_dataset",
     "protocol_deviations",

@@ -1,4 +1,5 @@
-"""``grounded eval seginw`` and ``grounded eval coco``: zero-shot evaluation from the command line."""
+"""``grounded eval seginw`` and ``grounded eval coco``: zero-shot evaluation from the command line (``grounded
+eval video``: :mod:`grounded.cli.evaluate_video`)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from grounded.cli.common import (
     parse_settings,
     shared_params,
 )
+from grounded.cli.evaluate_video import add_parser as add_video_parser
 from grounded.core.errors import EXIT_IMAGE_ERRORS, EXIT_OK, UserError
 
 __all__ = ["add_parser", "handler"]
@@ -66,7 +68,7 @@ def add_parser(subparsers: Any) -> None:
     """Add ``eval`` with its ``seginw`` and ``coco`` subcommands."""
     ev = subparsers.add_parser(
         "eval",
-        help="zero-shot evaluation: SegInW (published protocol) or any COCO-format dataset",
+        help="evaluation: SegInW (published protocol), any COCO-format dataset, video (DAVIS J&F, MOTS HOTA)",
         description="Zero-shot evaluation with the published SegInW protocol (top-100 (query, class) pairs, no "
         "threshold, no NMS, masks scored by their box's detector score, COCO AP). See evaluation/README.md.",
     )
@@ -96,6 +98,7 @@ def add_parser(subparsers: Any) -> None:
     coco.add_argument("--name", help="dataset name in the report (default: the annotation file's stem)")
     _common(coco)
     coco.set_defaults(handler=handler)
+    add_video_parser(sub)
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
