@@ -264,3 +264,20 @@ def test_parts_no_row_or_column_reaches_are_joined_by_their_first_points():
         [0, 5],
         [0, 0],
     ]
+
+
+def test_yolo_label_text_of_pixel_vertices_equals_formatting_every_coordinate():
+    """The looked-up coordinate words give the same bytes as ``%.6f`` of each normalised coordinate."""
+    from grounded.tasks.datasets import YOLO_OFFSET, _yolo_line
+
+    def formatted(class_id: int, polygon: np.ndarray, height: int, width: int) -> str:
+        xy = np.clip((polygon + YOLO_OFFSET) / np.array([width, height]), 0.0, 1.0).reshape(-1)
+        return f"{class_id} " + " ".join(f"{v:.6f}" for v in xy)
+
+    rng = np.random.default_rng(3)
+    for height, width in ((480, 640), (1024, 1024), (7, 3)):
+        poly = np.stack([rng.integers(0, width + 1, 500), rng.integers(0, height + 1, 500)], axis=1)
+        poly[:2] = [[0, 0], [width, height]]  # both ends of the range
+        assert _yolo_line(2, poly.astype(np.float64), height, width) == formatted(2, poly, height, width)
+    off_grid = np.array([[1.5, 2.25], [3.0, 4.0], [5.0, 6.0]])  # not pixel vertices: formatted one by one
+    assert _yolo_line(0, off_grid, 10, 10) == formatted(0, off_grid, 10, 10)

@@ -38,6 +38,7 @@ Conventions (decided from the readers' own code; README "Datasets" lists the fig
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import os
@@ -332,9 +333,32 @@ def _summary(n_images: int, ious: Sequence[float]) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------- YOLO segmentation
 def _yolo_line(class_id: int, polygon: np.ndarray, height: int, width: int) -> str:
-    xy = (np.asarray(polygon, dtype=np.float64) + YOLO_OFFSET) / np.array([width, height])
+    """One YOLO-seg label line: ``class x1 y1 x2 y2 ...``, coordinates normalised, ``%.6f`` each."""
+    poly = np.asarray(polygon, dtype=np.float64).reshape(-1, 2)
+    cells = np.rint(poly)
+    if (
+        len(poly)
+        and np.array_equal(cells, poly)
+        and cells.min() >= 0
+        and cells[:, 0].max() <= width
+        and cells[:, 1].max() <= height
+    ):
+        # pixel vertices (the tracer's): each coordinate's text looked up, formatted once per row/column
+        ix, iy = cells[:, 0].astype(np.intp), cells[:, 1].astype(np.intp)
+        words = np.empty(2 * len(poly), dtype=object)
+        words[0::2] = _coordinate_words(width)[ix]
+        words[1::2] = _coordinate_words(height)[iy]
+        return f"{class_id} " + " ".join(words.tolist())
+    xy = (poly + YOLO_OFFSET) / np.array([width, height])
     values = np.clip(xy, 0.0, 1.0).reshape(-1).tolist()
     return f"{class_id} " + ("%.6f " * len(values))[:-1] % tuple(values)
+
+
+@functools.lru_cache(maxsize=8)
+def _coordinate_words(size: int) -> np.ndarray:
+    """``%.6f`` of the normalised coordinate of every pixel index ``0..size`` (as :func:`_yolo_line` writes)."""
+    values = np.clip((np.arange(size + 1, dtype=np.float64) + YOLO_OFFSET) / size, 0.0, 1.0).tolist()
+    return np.array([f"{v:.6f}" for v in values], dtype=object)
 
 
 def write_yolo(
