@@ -35,7 +35,7 @@ from grounded.core.rle import encode_masks
 from grounded.core.tracks import TrackBook
 from grounded.core.video import VideoSource, VideoWriter, open_video
 from grounded.tasks.datasets import voc_palette
-from grounded.tasks.track import TrackFrame, Tracking, track
+from grounded.tasks.track import TrackFrame, Tracking, resolve_options, track
 
 __all__ = ["FORMATS", "TrackSummary", "draw_tracks", "label_image", "mots_lines", "track_files"]
 
@@ -174,8 +174,8 @@ def track_files(
     out: Path | OutputFolder,
     *,
     formats: str | Sequence[str] = "mp4,json,mots",
-    detect_every: int = 10,
-    max_lost: int = 2,
+    detect_every: int | None = None,
+    max_lost: int | None = None,
     reverse: bool = False,
     fps: float | None = None,
     quiet: bool = False,
@@ -183,6 +183,7 @@ def track_files(
 ) -> TrackSummary:
     """Track ``video`` and write the chosen ``formats`` into ``out`` (see the module docstring)."""
     chosen = _parse_formats(formats)
+    resolve_options(tracking.tracker, detect_every, max_lost, reverse)  # refused before anything is written
     source = open_video(video, fps=fps)
     prompt = Prompt.of(prompt)
     with open_folder(out) as folder:
@@ -209,8 +210,8 @@ def _write(
     prompt: Prompt,
     root: Path,
     chosen: list[str],
-    detect_every: int,
-    max_lost: int,
+    detect_every: int | None,
+    max_lost: int | None,
     reverse: bool,
     quiet: bool,
 ) -> TrackSummary:
@@ -267,6 +268,7 @@ def _write(
     summary.error = source.error
     if summary.frames == 0 and summary.error is None:
         summary.error = f"{source.path}: no frames"
+    detect_every, max_lost = resolve_options(tracking.tracker, detect_every, max_lost, reverse)
     record = {
         "video": {
             "path": str(source.path),
