@@ -11,7 +11,6 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
-from transformers import Sam3VideoModel
 from video_oracle import Scene, Shape, write_mp4
 
 from grounded.adapters.sam3_video import SAM3Video, frame_detections
@@ -22,7 +21,7 @@ from grounded.core.prompts import Prompt, PromptError
 from grounded.core.rle import decode_rle
 from grounded.evaluation.video import evaluate_mots
 from grounded.models.sources import ModelSourceError
-from grounded.models.testing import sam3_video_config
+from grounded.models.testing import build_sam3_video
 
 PROMPT = "cat . dog"
 CAT, DOG = 0, 1
@@ -65,8 +64,7 @@ def test_tiny_sam3_video_is_saved_and_loaded_like_a_users(tiny_sam3_video, tiny_
     assert type(tracker._model).__name__ == "Sam3VideoModel"
     # every weight as built (same seed): saved under the checkpoint's own names, loaded back by transformers
     assert len(load_file(str(tiny_sam3_video / "model.safetensors"))) > 400
-    torch.manual_seed(0)
-    built = Sam3VideoModel(sam3_video_config("tiny")).state_dict()
+    built = build_sam3_video("tiny", seed=0).state_dict()
     loaded = tracker._model.state_dict()
     assert built.keys() == loaded.keys() and all(torch.equal(loaded[k], v) for k, v in built.items())
     # the tracker reads the detector's features: sizes agree (the tiny config's point)
@@ -145,7 +143,7 @@ def _run(tracker: SAM3Video, scene: Scene) -> list:
 
 
 def test_state_stays_bounded_and_pruning_changes_no_output(tiny_sam3_video, monkeypatch):
-    scene = pets_scene(frames=30)
+    scene = pets_scene(frames=16)
     params = {"model": str(tiny_sam3_video), "device": "cpu", "score_threshold": 0.0, "forget_after": 1000}
     pruned = _run(SAM3Video(**params), scene)
     for det, _, _ in pruned:
@@ -163,16 +161,16 @@ def test_state_stays_bounded_and_pruning_changes_no_output(tiny_sam3_video, monk
     for _, size, objects in pruned:
         assert size <= 4 + objects * per_object + objects * objects * config.hotstart_dup_thresh
     # unpruned, the session holds every frame: it grows with the video (the bound above does not)
-    assert unpruned[-1][1] >= unpruned[9][1] + 20
+    assert unpruned[-1][1] >= unpruned[7][1] + 8
 
 
 def test_dropping_an_object_frees_it_and_the_others_keep_their_ids(tiny_sam3_video):
-    scene = pets_scene(frames=8)
+    scene = pets_scene(frames=6)
     tracker = SAM3Video(model=str(tiny_sam3_video), device="cpu", score_threshold=0.0)
     tracker.start(scene.size, Prompt.of(PROMPT))
     frames = _frames(scene)
     classes: dict[int, int] = {}
-    for t in range(4):
+    for t in range(3):
         det = tracker.detect(t, frames[t])
         classes.update(zip(det.track_ids.tolist(), det.class_ids.tolist(), strict=True))
     live = [oid + 1 for oid in tracker._session.obj_ids]
@@ -180,17 +178,16 @@ def test_dropping_an_object_frees_it_and_the_others_keep_their_ids(tiny_sam3_vid
     gone = live[0]
     tracker.drop([gone])
     assert gone - 1 not in tracker._session.obj_ids and gone - 1 not in tracker._session.obj_id_to_prompt_id
-    for t in range(4, 8):
+    for t in range(3, 6):
         det = tracker.detect(t, frames[t])
         assert gone not in det.track_ids.tolist()
         for tid, cid in zip(det.track_ids.tolist(), det.class_ids.tolist(), strict=True):
             assert classes.setdefault(tid, cid) == cid  # a track keeps its class
-            assert tid not in classes or tid != gone
 
 
 # ---------------------------------------------------------------------------- the CLI
 def test_cli_track_sam3_with_a_tiny_local_model_writes_valid_outputs(tiny_sam3_video, tmp_path, capsys):
-    scene = pets_scene(frames=10)
+    scene = pets_scene(frames=6)
     video = tmp_path / "pets.mp4"
     write_mp4(scene, video, fps=10)
     out = tmp_path / "run"
@@ -203,11 +200,9 @@ def test_cli_track_sam3_with_a_tiny_local_model_writes_valid_outputs(tiny_sam3_v
     )  # fmt: skip
     assert code == 0, capsys.readouterr().err
     with av.open(str(out / "video.mp4")) as c:
-        assert sum(1 for _ in c.decode(video=0)) == 10
+        assert sum(1 for _ in c.decode(video=0)) == 6
     records = [json.loads(line) for line in (out / "frames.jsonl").read_text().splitlines()]
-    assert [r["frame"] for r in records] == list(range(10)) and len(
-        list((out / "frames").glob("*.json"))
-    ) == 10
+    assert [r["frame"] for r in records] == list(range(6)) and len(list((out / "frames").glob("*.json"))) == 6
     category: dict[int, str] = {}
     for rec in records:
         assert rec == json.loads((out / "frames" / f"{rec['frame']:06d}.json").read_text())
@@ -219,6 +214,8 @@ def test_cli_track_sam3_with_a_tiny_local_model_writes_valid_outputs(tiny_sam3_v
             assert decode_rle(d["segmentation"]).sum() == d["area"] > 0
         png = np.asarray(Image.open(out / "masks" / f"{rec['frame']:06d}.png"))
         assert set(np.unique(png)) <= {0, *(d["track_id"] for d in rec["detections"])}
+    seen = [t for rec in records for t in {d["track_id"] for d in rec["detections"]}]
+    assert max(seen.count(t) for t in set(seen)) >= 2  # ids carried across frames, not renumbered
     summary = json.loads((out / "tracks.json").read_text())
     assert category and set(category) == {t["track_id"] for t in summary["tracks"]}
     assert all(category[t["track_id"]] == t["category"] for t in summary["tracks"])
@@ -229,7 +226,7 @@ def test_cli_track_sam3_with_a_tiny_local_model_writes_valid_outputs(tiny_sam3_v
     assert lines and all(
         int(x.split()[2]) == 1 + ("cat", "dog").index(category[int(x.split()[1])]) for x in lines
     )
-    scores = evaluate_mots(out / "mots.txt", out / "mots.txt", frames=10)
+    scores = evaluate_mots(out / "mots.txt", out / "mots.txt", frames=6)
     assert scores["HOTA"] == pytest.approx(1.0) and scores["IDSW"] == 0
 
 

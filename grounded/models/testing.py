@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 __all__ = [
+    "build_sam3_video",
     "grounding_dino_config",
     "make_blip",
     "make_grounding_dino",
@@ -521,7 +522,9 @@ def sam3_config(size: str = "tiny") -> Any:
     return _tiny_sam3_config(width=32, scale_factors=[2.0, 1.0], upsampling_stages=2)
 
 
-def _tiny_sam3_config(width: int, scale_factors: list[float], upsampling_stages: int) -> Any:
+def _tiny_sam3_config(
+    width: int, scale_factors: list[float], upsampling_stages: int, queries: int = 5
+) -> Any:
     """A tiny SAM 3 (224 px, 14 px patches: a 16 x 16 grid) whose detector is ``width`` wide."""
     from transformers.models.sam3.configuration_sam3 import (
         Sam3Config,
@@ -571,7 +574,11 @@ def _tiny_sam3_config(width: int, scale_factors: list[float], upsampling_stages:
             hidden_size=width, num_layers=1, num_attention_heads=4, intermediate_size=2 * width
         ),
         detr_decoder_config=Sam3DETRDecoderConfig(
-            hidden_size=width, num_layers=1, num_queries=5, num_attention_heads=4, intermediate_size=2 * width
+            hidden_size=width,
+            num_layers=1,
+            num_queries=queries,
+            num_attention_heads=4,
+            intermediate_size=2 * width,
         ),
         mask_decoder_config=Sam3MaskDecoderConfig(hidden_size=width, num_upsampling_stages=upsampling_stages),
     )
@@ -613,7 +620,9 @@ def sam3_video_config(size: str = "tiny") -> Any:
         raise ValueError(f"unknown SAM 3 video size {size!r}; use 'tiny' or 'base'")
     width, side, patch = 128, 224, 14
     grid = side // patch
-    detector = _tiny_sam3_config(width=width, scale_factors=[4.0, 2.0, 1.0, 0.5], upsampling_stages=3)
+    # 2 queries per class: a random detector finds at most 2 objects per class on a frame (the tracker's
+    # cost grows with the objects followed)
+    detector = _tiny_sam3_config(width, [4.0, 2.0, 1.0, 0.5], upsampling_stages=3, queries=2)
     tracker = Sam3TrackerVideoConfig(  # type: ignore[call-arg]  # image_size: read in __post_init__
         vision_config=detector.vision_config.to_dict(),
         prompt_encoder_config={"hidden_size": width, "image_size": side, "patch_size": patch},
@@ -641,13 +650,26 @@ def sam3_video_config(size: str = "tiny") -> Any:
     )
 
 
-def make_sam3_video(path: str | Path, size: str = "tiny", seed: int = 0) -> Path:
-    """Save a random-weight SAM 3 video model (text -> tracked masks) with its processor to ``path``."""
-    from transformers import Sam3ImageProcessor, Sam3VideoModel, Sam3VideoProcessor
-    from transformers.models.sam2_video.video_processing_sam2_video import Sam2VideoVideoProcessor
+def build_sam3_video(size: str = "tiny", seed: int = 0) -> Any:
+    """A random-weight ``Sam3VideoModel`` (what :func:`make_sam3_video` saves)."""
+    from transformers import Sam3VideoModel
 
     torch.manual_seed(seed)
     model = Sam3VideoModel(sam3_video_config(size)).eval()
+    if size == "tiny":
+        # a random tracker as often scores every object absent, and an absent object's masks are all
+        # "no object": the tiny one always sees its objects, so tests can follow tracks across frames
+        with torch.no_grad():
+            model.tracker_model.mask_decoder.pred_obj_score_head.proj_out.bias.fill_(10.0)
+    return model
+
+
+def make_sam3_video(path: str | Path, size: str = "tiny", seed: int = 0) -> Path:
+    """Save a random-weight SAM 3 video model (text -> tracked masks) with its processor to ``path``."""
+    from transformers import Sam3ImageProcessor, Sam3VideoProcessor
+    from transformers.models.sam2_video.video_processing_sam2_video import Sam2VideoVideoProcessor
+
+    model = build_sam3_video(size, seed)
     side = 224 if size == "tiny" else 1008
     processor = Sam3VideoProcessor(
         image_processor=Sam3ImageProcessor(size={"height": side, "width": side}),
