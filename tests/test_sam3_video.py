@@ -69,8 +69,8 @@ def test_tiny_sam3_video_is_saved_and_loaded_like_a_users(tiny_sam3_video, tiny_
     assert built.keys() == loaded.keys() and all(torch.equal(loaded[k], v) for k, v in built.items())
     # the tracker reads the detector's features: sizes agree (the tiny config's point)
     tconf = tracker._model.config.tracker_config
-    assert tconf.vision_config.backbone_feature_sizes == [[64, 64], [32, 32], [16, 16]]
-    assert tracker._model.config.low_res_mask_size == 64  # 4 x the 16 x 16 grid
+    assert tconf.vision_config.backbone_feature_sizes == [[32, 32], [16, 16], [8, 8]]
+    assert tracker._model.config.low_res_mask_size == 32  # 4 x the 8 x 8 grid (112 px, 14 px patches)
     # an image-only SAM 3 is another family: refused in one line
     with pytest.raises(ModelSourceError, match="is a 'sam3' model; the sam3_video adapter takes sam3_video"):
         SAM3Video(model=str(tiny_sam3), device="cpu").warm_up()

@@ -523,9 +523,9 @@ def sam3_config(size: str = "tiny") -> Any:
 
 
 def _tiny_sam3_config(
-    width: int, scale_factors: list[float], upsampling_stages: int, queries: int = 5
+    width: int, scale_factors: list[float], upsampling_stages: int, queries: int = 5, side: int = 224
 ) -> Any:
-    """A tiny SAM 3 (224 px, 14 px patches: a 16 x 16 grid) whose detector is ``width`` wide."""
+    """A tiny SAM 3 (``side`` px, 14 px patches: a 16 x 16 grid at 224) whose detector is ``width`` wide."""
     from transformers.models.sam3.configuration_sam3 import (
         Sam3Config,
         Sam3DETRDecoderConfig,
@@ -541,7 +541,7 @@ def _tiny_sam3_config(
         num_hidden_layers=2,
         num_attention_heads=4,
         intermediate_size=64,
-        image_size=224,
+        image_size=side,
         patch_size=14,
         window_size=8,
         global_attn_indexes=[0, 1],
@@ -618,11 +618,11 @@ def sam3_video_config(size: str = "tiny") -> Any:
         return Sam3VideoConfig()
     if size != "tiny":
         raise ValueError(f"unknown SAM 3 video size {size!r}; use 'tiny' or 'base'")
-    width, side, patch = 128, 224, 14
+    width, side, patch = 128, 112, 14
     grid = side // patch
     # 2 queries per class: a random detector finds at most 2 objects per class on a frame (the tracker's
     # cost grows with the objects followed)
-    detector = _tiny_sam3_config(width, [4.0, 2.0, 1.0, 0.5], upsampling_stages=3, queries=2)
+    detector = _tiny_sam3_config(width, [4.0, 2.0, 1.0, 0.5], upsampling_stages=3, queries=2, side=side)
     tracker = Sam3TrackerVideoConfig(  # type: ignore[call-arg]  # image_size: read in __post_init__
         vision_config=detector.vision_config.to_dict(),
         prompt_encoder_config={"hidden_size": width, "image_size": side, "patch_size": patch},
@@ -670,7 +670,7 @@ def make_sam3_video(path: str | Path, size: str = "tiny", seed: int = 0) -> Path
     from transformers.models.sam2_video.video_processing_sam2_video import Sam2VideoVideoProcessor
 
     model = build_sam3_video(size, seed)
-    side = 224 if size == "tiny" else 1008
+    side = 112 if size == "tiny" else 1008
     processor = Sam3VideoProcessor(
         image_processor=Sam3ImageProcessor(size={"height": side, "width": side}),
         video_processor=Sam2VideoVideoProcessor(size={"height": side, "width": side}),
