@@ -48,12 +48,16 @@ def add_parser(subparsers: Any) -> None:
         help="tracking pipeline name or YAML with a 'tracker' node (default: track_grounded_sam2)",
     )
     p.add_argument(
-        "--detect-every", type=int, default=10, metavar="N", help="detect on every N-th frame (10)"
+        "--detect-every",
+        type=int,
+        default=None,
+        metavar="N",
+        help="detect on every N-th frame (10; text-driven trackers such as sam3_video detect on every frame)",
     )
     p.add_argument(
         "--max-lost",
         type=int,
-        default=2,
+        default=None,
         metavar="K",
         help="a track missed at K key frames in a row is kept; one more ends it (2). Ids are never reused",
     )

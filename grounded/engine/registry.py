@@ -40,6 +40,7 @@ BUILTIN_ADAPTERS: dict[str, str] = {
     "sam2": "grounded.adapters.sam",
     "sam2_video": "grounded.adapters.sam2_video",
     "sam3": "grounded.adapters.sam3",
+    "sam3_video": "grounded.adapters.sam3_video",
     "sam_hq": "grounded.adapters.sam",
     "sd_inpaint": "grounded.adapters.inpaint",
     "semantic_sam": "grounded.adapters.semantic_sam",

@@ -17,11 +17,14 @@ from typing import Any
 import torch
 
 __all__ = [
+    "build_sam3_video",
     "grounding_dino_config",
     "make_blip",
     "make_grounding_dino",
     "make_sam",
+    "make_sam3_video",
     "make_sd_inpainting",
+    "sam3_video_config",
     "sam_config",
     "wordpiece_vocab",
 ]
@@ -510,6 +513,19 @@ def make_sd_inpainting(path: str | Path, seed: int = 0, in_channels: int = 9) ->
 # ---------------------------------------------------------------------------- SAM 3
 def sam3_config(size: str = "tiny") -> Any:
     """``"tiny"`` (test, sized like transformers' ``Sam3ModelTester``) or ``"base"`` (the released SAM 3)."""
+    from transformers.models.sam3.configuration_sam3 import Sam3Config
+
+    if size == "base":
+        return Sam3Config()
+    if size != "tiny":
+        raise ValueError(f"unknown SAM 3 size {size!r}; use 'tiny' or 'base'")
+    return _tiny_sam3_config(width=32, scale_factors=[2.0, 1.0], upsampling_stages=2)
+
+
+def _tiny_sam3_config(
+    width: int, scale_factors: list[float], upsampling_stages: int, queries: int = 5, side: int = 224
+) -> Any:
+    """A tiny SAM 3 (``side`` px, 14 px patches: a 16 x 16 grid at 224) whose detector is ``width`` wide."""
     from transformers.models.sam3.configuration_sam3 import (
         Sam3Config,
         Sam3DETRDecoderConfig,
@@ -520,16 +536,12 @@ def sam3_config(size: str = "tiny") -> Any:
         Sam3ViTConfig,
     )
 
-    if size == "base":
-        return Sam3Config()
-    if size != "tiny":
-        raise ValueError(f"unknown SAM 3 size {size!r}; use 'tiny' or 'base'")
     backbone = Sam3ViTConfig(
         hidden_size=32,
         num_hidden_layers=2,
         num_attention_heads=4,
         intermediate_size=64,
-        image_size=224,
+        image_size=side,
         patch_size=14,
         window_size=8,
         global_attn_indexes=[0, 1],
@@ -549,22 +561,26 @@ def sam3_config(size: str = "tiny") -> Any:
     }
     return Sam3Config(
         vision_config=Sam3VisionConfig(
-            backbone_config=backbone, fpn_hidden_size=32, scale_factors=[2.0, 1.0]
+            backbone_config=backbone, fpn_hidden_size=width, scale_factors=scale_factors
         ),
         text_config=text,
         geometry_encoder_config=Sam3GeometryEncoderConfig(
-            hidden_size=32,
+            hidden_size=width,
             num_layers=1,
             num_attention_heads=4,
-            intermediate_size=64,
+            intermediate_size=2 * width,
         ),
         detr_encoder_config=Sam3DETREncoderConfig(
-            hidden_size=32, num_layers=1, num_attention_heads=4, intermediate_size=64
+            hidden_size=width, num_layers=1, num_attention_heads=4, intermediate_size=2 * width
         ),
         detr_decoder_config=Sam3DETRDecoderConfig(
-            hidden_size=32, num_layers=1, num_queries=5, num_attention_heads=4, intermediate_size=64
+            hidden_size=width,
+            num_layers=1,
+            num_queries=queries,
+            num_attention_heads=4,
+            intermediate_size=2 * width,
         ),
-        mask_decoder_config=Sam3MaskDecoderConfig(hidden_size=32, num_upsampling_stages=2),
+        mask_decoder_config=Sam3MaskDecoderConfig(hidden_size=width, num_upsampling_stages=upsampling_stages),
     )
 
 
@@ -580,6 +596,90 @@ def make_sam3(path: str | Path, size: str = "tiny", seed: int = 0) -> Path:
     path = Path(path)
     model.save_pretrained(path)
     Sam3Processor(image_processor=image_processor, tokenizer=clip_tokenizer(32)).save_pretrained(path)
+    return path
+
+
+# ---------------------------------------------------------------------------- SAM 3 video
+def sam3_video_config(size: str = "tiny") -> Any:
+    """``"tiny"`` (test) or ``"base"`` (the released SAM 3: detector + tracker) ``Sam3VideoConfig``.
+
+    The tracker reads the detector's vision features, so the two must agree where transformers does not
+    check it: the tracker's feature sizes (``4g, 2g, g`` for a ``g x g`` patch grid, set from ``image_size``),
+    its width (the detector's ``fpn_hidden_size``: the tracker neck is built from the detector's vision
+    config) and the FPN's scales (``4, 2, 1, 0.5``: the tracker takes the three finest, the detector's masks
+    come from the finest, at the tracker's ``4g`` mask size, ``low_res_mask_size``). The width is 128: the
+    memory attention's key width is fixed at 64 and object pointers are split into ``width / 64`` tokens;
+    at width 64 transformers skips that split and the unsplit pointers (one dimension more than the
+    memories) fail ``torch.cat`` from the second frame on ("Tensors must have same number of dimensions").
+    """
+    from transformers import Sam3TrackerVideoConfig, Sam3VideoConfig
+
+    if size == "base":
+        return Sam3VideoConfig()
+    if size != "tiny":
+        raise ValueError(f"unknown SAM 3 video size {size!r}; use 'tiny' or 'base'")
+    width, side, patch = 128, 112, 14
+    grid = side // patch
+    # 2 queries per class: a random detector finds at most 2 objects per class on a frame (the tracker's
+    # cost grows with the objects followed)
+    detector = _tiny_sam3_config(width, [4.0, 2.0, 1.0, 0.5], upsampling_stages=3, queries=2, side=side)
+    tracker = Sam3TrackerVideoConfig(  # type: ignore[call-arg]  # image_size: read in __post_init__
+        vision_config=detector.vision_config.to_dict(),
+        prompt_encoder_config={"hidden_size": width, "image_size": side, "patch_size": patch},
+        mask_decoder_config={
+            "hidden_size": width,
+            "mlp_dim": 2 * width,
+            "num_attention_heads": 4,
+            "iou_head_hidden_dim": 32,
+        },
+        image_size=side,  # sets the feature sizes (4g, 2g, g) and the memory attention's RoPE grid
+        num_maskmem=3,
+        max_object_pointers_in_encoder=4,
+        memory_attention_hidden_size=width,
+        memory_attention_num_layers=1,
+        memory_attention_feed_forward_hidden_size=2 * width,
+        memory_encoder_hidden_size=width,
+        memory_encoder_output_channels=64,
+        mask_downsampler_embed_dim=width,
+        memory_fuser_embed_dim=width,
+        memory_fuser_intermediate_dim=2 * width,
+        memory_fuser_num_layers=1,
+    )
+    return Sam3VideoConfig(
+        detector_config=detector.to_dict(), tracker_config=tracker.to_dict(), low_res_mask_size=4 * grid
+    )
+
+
+def build_sam3_video(size: str = "tiny", seed: int = 0) -> Any:
+    """A random-weight ``Sam3VideoModel`` (what :func:`make_sam3_video` saves)."""
+    from transformers import Sam3VideoModel
+
+    torch.manual_seed(seed)
+    model = Sam3VideoModel(sam3_video_config(size)).eval()
+    if size == "tiny":
+        # a random tracker as often scores every object absent, and an absent object's masks are all
+        # "no object": the tiny one always sees its objects, so tests can follow tracks across frames
+        with torch.no_grad():
+            model.tracker_model.mask_decoder.pred_obj_score_head.proj_out.bias.fill_(10.0)
+    return model
+
+
+def make_sam3_video(path: str | Path, size: str = "tiny", seed: int = 0) -> Path:
+    """Save a random-weight SAM 3 video model (text -> tracked masks) with its processor to ``path``."""
+    from transformers import Sam3ImageProcessor, Sam3VideoProcessor
+    from transformers.models.sam2_video.video_processing_sam2_video import Sam2VideoVideoProcessor
+
+    model = build_sam3_video(size, seed)
+    side = 112 if size == "tiny" else 1008
+    processor = Sam3VideoProcessor(
+        image_processor=Sam3ImageProcessor(size={"height": side, "width": side}),
+        video_processor=Sam2VideoVideoProcessor(size={"height": side, "width": side}),
+        tokenizer=clip_tokenizer(32),
+        target_size=side,
+    )
+    path = Path(path)
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
     return path
 
 

@@ -39,9 +39,19 @@ from grounded.engine import Pipeline, get_adapter
 from grounded.engine.pipeline import PipelineError
 from grounded.engine.serialization import pipeline_from_dict, read_pipeline_spec
 
-__all__ = ["Checkpoints", "TrackFrame", "TrackState", "Tracking", "build_tracking", "track"]
+__all__ = [
+    "Checkpoints",
+    "TrackFrame",
+    "TrackState",
+    "Tracking",
+    "build_tracking",
+    "resolve_options",
+    "track",
+]
 
 TRACKER_NODE = "tracker"
+#: the defaults of ``detect_every`` and ``max_lost`` for trackers fed by a key-frame detector
+DETECT_EVERY, MAX_LOST = 10, 2
 
 
 @dataclass(frozen=True)
@@ -127,6 +137,37 @@ def build_tracking(
     return Tracking(tracker=tracker, detector=detector, settings=settings)
 
 
+def resolve_options(
+    tracker: VideoTracker, detect_every: int | None, max_lost: int | None, reverse: bool
+) -> tuple[int, int | None]:
+    """``(detect_every, max_lost)`` in use: the defaults where not given. A text-driven tracker detects on
+    every frame (1) and ends its tracks itself (``None``), forward only: asking it for key frames,
+    ``max_lost`` or a reverse pass is refused in one line rather than ignored."""
+    if tracker.text_driven:
+        asked = [
+            flag
+            for flag, given in (
+                ("--detect-every", detect_every not in (None, 1)),
+                ("--max-lost", max_lost is not None),
+                ("--reverse", reverse),
+            )
+            if given
+        ]
+        if asked:
+            name = tracker.registry_name or type(tracker).__name__
+            raise UserError(
+                f"{' and '.join(asked)} {'does' if len(asked) == 1 else 'do'} not apply to the text-driven "
+                f"{name} tracker: it detects on "
+                "every frame, forward only, and ends tracks itself (set tracker.forget_after instead of "
+                "--max-lost)"
+            )
+        return 1, None
+    return (
+        DETECT_EVERY if detect_every is None else detect_every,
+        MAX_LOST if max_lost is None else max_lost,
+    )
+
+
 def _box_of(mask: np.ndarray) -> list[float]:
     ys, xs = np.nonzero(mask)
     if not len(xs):
@@ -174,8 +215,8 @@ def track(
     prompt: str | Prompt,
     tracking: Tracking,
     *,
-    detect_every: int = 10,
-    max_lost: int = 2,
+    detect_every: int | None = None,
+    max_lost: int | None = None,
     min_iou: float = 0.3,
     reverse: bool = False,
     refresh: bool = True,
@@ -188,15 +229,17 @@ def track(
     ``book`` (a fresh :class:`TrackBook` by default) holds the tracks; pass one to read the summary after.
     ``checkpoints`` is offered a :class:`TrackState` at every segment end (``tracker.resumable`` trackers
     only); ``resume`` continues from one: the frames before ``resume.next_index`` are skipped (not yielded).
+    ``detect_every`` and ``max_lost`` default to 10 and 2 (see :func:`resolve_options`).
     """
+    detect_every, lost = resolve_options(tracking.tracker, detect_every, max_lost, reverse)
     if detect_every < 1:
         raise UserError("--detect-every must be at least 1")
-    if max_lost < 0:
+    if lost is not None and lost < 0:
         raise UserError("--max-lost must be at least 0")
     source = video if isinstance(video, VideoSource) else open_video(video)
     prompt = Prompt.of(prompt)
     book = book if book is not None else TrackBook()
-    book.max_lost, book.min_iou = max_lost, min_iou
+    book.max_lost, book.min_iou = (MAX_LOST if lost is None else lost), min_iou
     tracker = tracking.tracker
     if (checkpoints is not None or resume is not None) and not tracker.resumable:
         raise UserError(

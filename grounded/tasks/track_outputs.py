@@ -35,7 +35,7 @@ from grounded.core.rle import encode_masks
 from grounded.core.tracks import TrackBook
 from grounded.core.video import VideoSource, VideoWriter, open_video
 from grounded.tasks.datasets import voc_palette
-from grounded.tasks.track import TrackFrame, Tracking, track
+from grounded.tasks.track import TrackFrame, Tracking, resolve_options, track
 from grounded.tasks.track_resume import (
     CHECKPOINT_DIR,
     STATE,
@@ -167,8 +167,8 @@ def track_files(
     out: Path | OutputFolder,
     *,
     formats: str | Sequence[str] = "mp4,json,mots",
-    detect_every: int = 10,
-    max_lost: int = 2,
+    detect_every: int | None = None,
+    max_lost: int | None = None,
     reverse: bool = False,
     fps: float | None = None,
     quiet: bool = False,
@@ -182,6 +182,7 @@ def track_files(
     resumed; one with other settings is refused (``overwrite`` discards it).
     """
     chosen = _parse_formats(formats)
+    resolve_options(tracking.tracker, detect_every, max_lost, reverse)  # refused before anything is written
     source = open_video(video, fps=fps)
     prompt = Prompt.of(prompt)
     if checkpoint_every is not None and not checkpoint_every >= 0:
@@ -252,8 +253,8 @@ def _write(
     prompt: Prompt,
     root: Path,
     chosen: list[str],
-    detect_every: int,
-    max_lost: int,
+    detect_every: int | None,
+    max_lost: int | None,
     reverse: bool,
     quiet: bool,
     settings: dict[str, Any],
@@ -336,6 +337,7 @@ def _write(
     if summary.frames == 0 and summary.error is None:
         summary.error = f"{source.path}: no frames"
     done = summary.frames - start
+    detect_every, max_lost = resolve_options(tracking.tracker, detect_every, max_lost, reverse)
     record = {
         "video": {
             "path": str(source.path),
