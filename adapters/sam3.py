@@ -45,7 +45,9 @@ class SAM3(PromptedDetector):
         device, precision: as for the other adapters.
     """
 
-    model_types: ClassVar[tuple[str, ...]] = ("sam3",)
+    #: ``sam3_video``: the released ``facebook/sam3`` folder holds the video model, whose detector transformers'
+    #: ``Sam3Model`` loads (its tracker's weights are left unused)
+    model_types: ClassVar[tuple[str, ...]] = ("sam3", "sam3_video")
     model_class: ClassVar[str] = "Sam3Model"
     what: ClassVar[str] = "SAM 3 model"
 
@@ -62,6 +64,20 @@ class SAM3(PromptedDetector):
         in_unit_interval(box_threshold=box_threshold, mask_threshold=mask_threshold)
         at_least(1, top_k=top_k, batch_size=batch_size)
         super().__init__()
+
+    def load(self) -> tuple[Any, Any]:
+        """As for the others; a video folder's ``Sam3VideoProcessor`` gives its image processor and tokenizer
+        to the image ``Sam3Processor`` (the same preprocessing and post-processing)."""
+        processor, model = super().load()
+        if type(processor).__name__ == "Sam3VideoProcessor":
+            from transformers import Sam3Processor
+
+            processor = Sam3Processor(
+                image_processor=processor.image_processor,
+                tokenizer=processor.tokenizer,
+                target_size=getattr(processor, "target_size", None),
+            )
+        return processor, model
 
     def _tokenize(self, classes: Sequence[str]) -> dict[str, torch.Tensor]:
         limit = int(self._model.config.text_config.max_position_embeddings)

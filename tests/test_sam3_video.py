@@ -273,3 +273,19 @@ def test_box_or_mask_prompts_and_detector_flags_are_refused(tiny_sam3_video, tmp
     )
     err = capsys.readouterr().err
     assert code == 2 and "unknown nodes ['detector']" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_the_image_sam3_adapter_loads_the_detector_of_a_video_checkpoint(tiny_sam3_video, image_files):
+    """The released ``facebook/sam3`` folder is a ``sam3_video`` model: the image adapter takes its detector."""
+    from grounded.adapters.sam3 import SAM3
+    from grounded.core.images import load_image
+
+    image = load_image(image_files["coffee"])
+    detector = SAM3(model=str(tiny_sam3_video), box_threshold=0.0, top_k=5, device="cpu")
+    (found,) = detector.detect([image], "cup . spoon")
+    built = build_sam3_video("tiny", seed=0).detector_model.state_dict()
+    loaded = detector._model.state_dict()
+    assert built.keys() == loaded.keys() and all(torch.equal(loaded[k], v) for k, v in built.items())
+    assert (
+        len(found) == 4 and found.has_masks
+    )  # the tiny detector: 2 queries for each of the 2 classes and found.masks.shape[-2:] == image.size
