@@ -249,6 +249,8 @@ def test_parity_real_hiera_tiny_with_the_official_package(tmp_path, official_key
     cmd = [str(python), str(PARITY / "sam2_official.py"), "--size", "hiera-t", str(out), str(ckpt)]
     subprocess.run(cmd, check=True, timeout=3000, stdout=subprocess.DEVNULL)
     ref = dict(np.load(out))
+    area = (ref["logits"] > 0).mean(axis=(2, 3))
+    assert (area > 0.005).all() and (area < 0.99).all() and (ref["object_scores"] > 0).all(), area
     folder = convert_checkpoint(ckpt, tmp_path / "converted")
     # the official predictor knows the video's length and caps the pointers at min(frames, 16); a streaming
     # tracker does not: give it the official cap for this 4-frame clip
