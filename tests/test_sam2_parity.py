@@ -261,3 +261,21 @@ def test_parity_real_hiera_tiny_with_the_official_package(tmp_path, official_key
     found = _report("Hiera-T, same input", logits, ours_upsampled, binary, ref)
     assert found["logits_max_abs"] < 1e-3
     assert found["min_mask_iou"] > 0.999
+
+
+def test_file_loads_directly_and_through_the_cli(official_keys, tmp_path):
+    """``--tracker sam2.1_hiera_tiny.pt`` (converted once, 1024 input as in the official configs) and
+    ``grounded convert --image-size``."""
+    from grounded.adapters.sam2_video import SAM2Video
+    from grounded.cli import main
+
+    path = _official_file(official_keys["tiny"], 3, tmp_path / "sam2.1_hiera_tiny.pt")
+    tracker = SAM2Video(model=str(path), device="cpu")
+    tracker.warm_up()
+    assert tracker._model.config.image_size == 1024
+    assert int(tracker._processor.image_processor.size.height) == 1024
+    expected = random_state_dict(official_keys["tiny"], 3)["memory_attention.layers.1.linear2.weight"]
+    assert torch.equal(tracker._model.memory_attention.layers[1].linear2.weight, expected)
+    assert main(["convert", str(path), str(tmp_path / "out"), "--image-size", "128"]) == 0
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert config["model_type"] == "sam2_video" and config["image_size"] == 128
