@@ -30,7 +30,7 @@ from grounded.core.prompts import Prompt
 from grounded.engine import register_adapter
 from grounded.runtime.device import autocast
 
-__all__ = ["SAM2Video"]
+__all__ = ["SAM2Video", "official_prompted_frames"]
 
 # the session's per-object dictionaries, keyed by the model-side object index
 _PER_OBJECT = ("point_inputs_per_obj", "mask_inputs_per_obj", "output_dict_per_obj", "frames_tracked_per_obj")
@@ -60,6 +60,43 @@ def _loaded(tree: Any, device: Any) -> Any:
     if isinstance(tree, (list, tuple)):
         return type(tree)(_loaded(v, device) for v in tree)
     return tree
+
+
+def official_prompted_frames(model: Any) -> None:
+    """Make ``model`` (a ``Sam2VideoModel``) treat prompted frames as the official ``sam2`` 1.1.0 predictor does.
+
+    transformers 5.x differs there in two places (found by ``tests/test_sam2_parity.py``): a mask prompt's object
+    pointer comes from the best of the three multimask tokens (``_use_mask_as_output`` leaves
+    ``_single_frame_forward``'s ``multimask_output=True``; the official ``_forward_sam_heads`` call uses the
+    single-mask token), and a prompted frame's memory is encoded from the full-resolution mask where the
+    official ``propagate_in_video_preflight`` encodes it from the low-resolution logits upsampled (bilinear) to
+    the input size. Both are patched on this instance only; other calls pass through unchanged.
+    """
+    import torch.nn.functional as F
+
+    single_frame_forward = model._single_frame_forward
+    encode_memories = model._batch_encode_memories
+
+    def _single_frame(*args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("input_masks") is not None and kwargs.get("pixel_values") is None:
+            kwargs.setdefault("multimask_output", False)  # only _use_mask_as_output leaves it unset
+        return single_frame_forward(*args, **kwargs)
+
+    def _encode(**kwargs: Any) -> Any:
+        session, frame = kwargs["inference_session"], kwargs["frame_idx"]
+        masks = list(kwargs["high_res_masks_for_memory"])
+        for i, (idx, prompted) in enumerate(
+            zip(kwargs["objects_needing_memory_encoding"], kwargs["is_mask_from_pts_per_obj"], strict=True)
+        ):
+            stored = session.output_dict_per_obj[idx]["cond_frame_outputs"].get(frame)
+            if prompted and stored is not None:
+                low = stored["pred_masks"].to(masks[i].device, masks[i].dtype)
+                masks[i] = F.interpolate(low, size=masks[i].shape[-2:], mode="bilinear", align_corners=False)
+        kwargs["high_res_masks_for_memory"] = masks
+        return encode_memories(**kwargs)
+
+    model._single_frame_forward = _single_frame
+    model._batch_encode_memories = _encode
 
 
 @register_adapter("sam2_video")
@@ -93,6 +130,9 @@ class SAM2Video(ModelAdapter, VideoTracker):
         self._size: tuple[int, int] = (0, 0)
         self._last: Masks = {}  # the masks of the last step(), by object id
 
+    def prepare(self) -> None:
+        official_prompted_frames(self._model)
+
     # ------------------------------------------------------------------ session
     def _new_session(self) -> Any:
         return self._processor.init_video_session(
@@ -110,7 +150,18 @@ class SAM2Video(ModelAdapter, VideoTracker):
         self._last = {}
 
     def _pixels(self, image: LoadedImage) -> torch.Tensor:
-        return self._processor(images=image.pixels, return_tensors="pt")["pixel_values"][0]
+        """The frame as the official loader prepares it (``sam2.utils.misc._load_img_as_tensor``): PIL's
+        bicubic resize of the uint8 frame to the square input, then ImageNet normalisation. transformers'
+        processor resizes with torchvision's bilinear filter instead (up to 0.22 apart in normalised values)."""
+        from PIL import Image
+
+        processor = self._processor.image_processor
+        size = (int(processor.size.width), int(processor.size.height))
+        resized = np.asarray(Image.fromarray(image.pixels).resize(size, Image.Resampling.BICUBIC)) / 255.0
+        pixels = torch.from_numpy(resized).permute(2, 0, 1).float()
+        mean = torch.tensor(processor.image_mean, dtype=torch.float32)[:, None, None]
+        std = torch.tensor(processor.image_std, dtype=torch.float32)[:, None, None]
+        return (pixels - mean) / std
 
     def _masks(self, output: Any) -> Masks:
         if not output.object_ids:

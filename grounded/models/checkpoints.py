@@ -44,7 +44,8 @@ class CheckpointError(ValueError):
 _KNOWN = (
     "SAM (segment-anything: sam_vit_{b,l,h}_*.pth) or HQ-SAM (sam-hq: sam_hq_vit_{b,l,h}.pth), their TinyViT "
     "versions (MobileSAM: mobile_sam.pt; Light HQ-SAM: sam_hq_vit_tiny.pth), or Grounding "
-    "DINO (GroundingDINO: groundingdino_swint_ogc.pth, groundingdino_swinb_cogcoor.pth)"
+    "DINO (GroundingDINO: groundingdino_swint_ogc.pth, groundingdino_swinb_cogcoor.pth), or SAM 2 / 2.1 "
+    "(sam2: sam2_hiera_tiny.pt, sam2.1_hiera_tiny.pt, ...)"
 )
 
 
@@ -92,6 +93,10 @@ def detect_variant(state_dict: Mapping[str, torch.Tensor]) -> str:
         if swin["embed_dim"] == 128 and swin["depths"] == [2, 2, 18, 2]:
             return "grounding_dino_swin_b"
         return "grounding_dino_swin"
+    from grounded.models.sam2_checkpoint import SAM2_KEY
+
+    if SAM2_KEY in keys and "image_encoder.trunk.patch_embed.proj.weight" in keys:
+        return "sam2.1" if "no_obj_embed_spatial" in keys else "sam2"
     sample = ", ".join(sorted(keys)[:4]) or "no keys"
     raise CheckpointError(f"unrecognised checkpoint (keys {sample}, ...); expected {_KNOWN}")
 
@@ -555,11 +560,41 @@ def check_conversion_target(checkpoint: Path, out: Path) -> None:
         raise refuse(f"it holds other files ({shown}), not a grounded conversion")
 
 
+def _save_sam2(state_dict: dict[str, torch.Tensor], folder: Path, image_size: int | None) -> None:
+    """SAM 2 / 2.1: the video model (``Sam2VideoModel``) and its processor at the image size."""
+    from transformers import Sam2ImageProcessor, Sam2VideoProcessor
+    from transformers.models.sam2_video.video_processing_sam2_video import Sam2VideoVideoProcessor
+
+    from grounded.models.sam2_checkpoint import Sam2CheckpointError, load_sam2_video
+
+    side = int(image_size or 1024)
+    try:
+        model = load_sam2_video(state_dict, side)
+    except Sam2CheckpointError as exc:
+        raise CheckpointError(str(exc)) from None
+    model.save_pretrained(folder)
+    square = {"height": side, "width": side}
+    Sam2VideoProcessor(
+        image_processor=Sam2ImageProcessor(size=square, mask_size={"height": side // 4, "width": side // 4}),
+        video_processor=Sam2VideoVideoProcessor(size=square),
+        target_size=side,
+    ).save_pretrained(folder)
+
+
 def _save(
-    state_dict: dict[str, torch.Tensor], variant: str, folder: Path, text_encoder: Any, name: str
+    state_dict: dict[str, torch.Tensor],
+    variant: str,
+    folder: Path,
+    text_encoder: Any,
+    name: str,
+    image_size: int | None = None,
 ) -> None:
     """Write the model and processor of ``state_dict`` (of ``variant``) into ``folder``."""
     from transformers import SamHQProcessor, SamImageProcessorPil, SamProcessor
+
+    if variant in ("sam2", "sam2.1"):
+        _save_sam2(state_dict, folder, image_size)
+        return
 
     if variant.startswith("grounding_dino"):
         from transformers import GroundingDinoImageProcessorPil, GroundingDinoProcessor
@@ -618,7 +653,12 @@ def _install(tmp: Path, out: Path, checkpoint: Path, replace: bool) -> None:
     shutil.rmtree(old)
 
 
-def convert_checkpoint(path: str | Path, out_dir: str | Path, text_encoder: str | Path | None = None) -> Path:
+def convert_checkpoint(
+    path: str | Path,
+    out_dir: str | Path,
+    text_encoder: str | Path | None = None,
+    image_size: int | None = None,
+) -> Path:
     """Convert an official checkpoint to a transformers-format folder (model + processor) at ``out_dir``.
 
     MobileSAM / Light HQ-SAM (TinyViT encoder, which transformers lacks) give a folder that grounded's SAM
@@ -630,11 +670,16 @@ def convert_checkpoint(path: str | Path, out_dir: str | Path, text_encoder: str 
     The folder is written beside ``out_dir`` under a temporary name, marked with :data:`CONVERSION_MARKER`,
     then renamed into place: ``out_dir`` must be missing, an empty folder or a previous conversion
     (:func:`check_conversion_target`); anything else is refused before the checkpoint is read.
+
+    ``image_size`` (SAM 2 only, default 1024 as in every official config): the square input side, which the
+    file does not record.
     """
-    return _convert(Path(path), Path(out_dir), text_encoder, replace=True)
+    return _convert(Path(path), Path(out_dir), text_encoder, replace=True, image_size=image_size)
 
 
-def _convert(path: Path, out: Path, text_encoder: str | Path | None, *, replace: bool) -> Path:
+def _convert(
+    path: Path, out: Path, text_encoder: str | Path | None, *, replace: bool, image_size: int | None = None
+) -> Path:
     import shutil
 
     from grounded.core.files import OutputFolder, atomic_write_text, compact_json, make_temp_dir
@@ -645,7 +690,7 @@ def _convert(path: Path, out: Path, text_encoder: str | Path | None, *, replace:
     with OutputFolder(out.parent, "output folder") as parent:
         tmp = make_temp_dir(parent.path)
         try:
-            _save(state_dict, variant, tmp, text_encoder, path.name)
+            _save(state_dict, variant, tmp, text_encoder, path.name, image_size)
             marker = {"source": path.name, "variant": variant}
             atomic_write_text(tmp / CONVERSION_MARKER, compact_json(marker))
             _install(tmp, out, path, replace)
