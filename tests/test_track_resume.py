@@ -247,7 +247,9 @@ def test_a_frames_folder_image_broken_after_its_header_stops_reading_with_a_mess
 def tiny_sam2_video_model(models_dir):
     from grounded.models.testing import make_sam2_video
 
-    return make_sam2_video(models_dir / "sam2-video-resume", size="tiny", seed=0)
+    # seed 2: random weights whose masks are neither empty nor full on these frames (seed 0's are empty on
+    # some since the official prompted-frame memory, tests/test_sam2_parity.py)
+    return make_sam2_video(models_dir / "sam2-video-resume", size="tiny", seed=2)
 
 
 def test_sam2_video_state_saved_and_loaded_gives_the_same_masks_as_continuing(tiny_sam2_video_model):
@@ -280,7 +282,7 @@ def test_sam2_video_state_saved_and_loaded_gives_the_same_masks_as_continuing(ti
             b.drop([1])
         assert sorted(ma) == sorted(mb) == ([1, 2] if t == 3 else [2, 3] if t == 5 else [1, 2, 3])
         assert all(np.array_equal(ma[k], mb[k]) for k in ma), t
-        assert any(m.any() for m in ma.values())
+        assert all(0 < m.sum() < m.size for m in ma.values()), t  # masks that can differ
     assert len(saved) < 2_000_000, len(saved)  # the pruned session only
 
 
