@@ -248,28 +248,9 @@ class SAM2Video(ModelAdapter, VideoTracker):
 
     def _prune(self, index: int) -> None:
         """Forget what the model will not read again (see the module docstring)."""
-        session = self._session
         config = self._model.config
         window = max(int(config.num_maskmem), int(config.max_object_pointers_in_encoder)) + 1
-        for frame in [f for f in session.processed_frames or {} if f < index]:
-            del session.processed_frames[frame]
-        for idx in range(session.get_obj_num()):
-            outputs = session.output_dict_per_obj[idx]
-            for frame in [f for f in outputs["non_cond_frame_outputs"] if f < index - window]:
-                del outputs["non_cond_frame_outputs"][frame]
-            cond = outputs["cond_frame_outputs"]
-            for frame in sorted(cond)[: -self.max_cond_frames]:
-                del cond[frame]
-            for table in (cond, outputs["non_cond_frame_outputs"]):
-                for frame, out in table.items():
-                    if frame < index:
-                        out.pop(_DONE_WITH, None)
-            tracked = session.frames_tracked_per_obj[idx]
-            for frame in [f for f in tracked if f < index - window]:
-                del tracked[frame]
-            for table in (session.point_inputs_per_obj[idx], session.mask_inputs_per_obj[idx]):
-                for frame in [f for f in table if f < index]:
-                    del table[frame]
+        prune_session(self._session, index, window, self.max_cond_frames, done_with=_DONE_WITH)
 
     def state_dict(self) -> dict[str, Any]:
         session = self._session
@@ -355,3 +336,32 @@ class SAM2Video(ModelAdapter, VideoTracker):
         finally:
             self._session = main
         return filled
+
+
+def prune_session(
+    session: Any, index: int, window: int, max_cond_frames: int, done_with: str | None = None
+) -> None:
+    """Drop from a transformers SAM 2-style video inference session (SAM 2 video, SAM 3 video's tracker) what
+    the model reads no more once frame ``index`` is processed: earlier processed frames, per-object outputs and
+    tracked-frame marks older than ``window`` frames, all but the last ``max_cond_frames`` conditioning frames,
+    earlier point / mask inputs, and (``done_with``) one key of every earlier frame's outputs."""
+    for frame in [f for f in session.processed_frames or {} if f < index]:
+        del session.processed_frames[frame]
+    for idx in range(session.get_obj_num()):
+        outputs = session.output_dict_per_obj[idx]
+        for frame in [f for f in outputs["non_cond_frame_outputs"] if f < index - window]:
+            del outputs["non_cond_frame_outputs"][frame]
+        cond = outputs["cond_frame_outputs"]
+        for frame in sorted(cond)[:-max_cond_frames]:
+            del cond[frame]
+        if done_with is not None:
+            for table in (cond, outputs["non_cond_frame_outputs"]):
+                for frame, out in table.items():
+                    if frame < index:
+                        out.pop(done_with, None)
+        tracked = session.frames_tracked_per_obj[idx]
+        for frame in [f for f in tracked if f < index - window]:
+            del tracked[frame]
+        for table in (session.point_inputs_per_obj.get(idx, {}), session.mask_inputs_per_obj.get(idx, {})):
+            for frame in [f for f in table if f < index]:
+                del table[frame]

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from grounded.adapters.common import ModelAdapter
+from grounded.adapters.sam2_video import prune_session
 from grounded.adapters.video import Masks, ObjectPrompt, VideoTracker
 from grounded.core.checks import at_least, optional_in_unit_interval
 from grounded.core.detections import Detections
@@ -237,24 +238,7 @@ class SAM3Video(ModelAdapter, VideoTracker):
         session = self._session
         tracker = self._model.config.tracker_config
         window = max(int(tracker.num_maskmem), int(tracker.max_object_pointers_in_encoder)) + 1
-        for frame in [f for f in session.processed_frames or {} if f < index]:
-            del session.processed_frames[frame]
-        for idx in range(session.get_obj_num()):
-            outputs = session.output_dict_per_obj[idx]
-            for frame in [f for f in outputs["non_cond_frame_outputs"] if f < index - window]:
-                del outputs["non_cond_frame_outputs"][frame]
-            cond = outputs["cond_frame_outputs"]
-            for frame in sorted(cond)[: -self.max_cond_frames]:
-                del cond[frame]
-            tracked = session.frames_tracked_per_obj[idx]
-            for frame in [f for f in tracked if f < index - window]:
-                del tracked[frame]
-            for table in (
-                session.point_inputs_per_obj.get(idx, {}),
-                session.mask_inputs_per_obj.get(idx, {}),
-            ):
-                for frame in [f for f in table if f < index]:
-                    del table[frame]
+        prune_session(session, index, window, self.max_cond_frames)
         # frame-keyed bookkeeping: only the current frame's entry is read (and the whole is deep-copied)
         current = session.obj_id_to_tracker_score_frame_wise.get(index, {})
         session.obj_id_to_tracker_score_frame_wise = defaultdict(dict, {index: current})
