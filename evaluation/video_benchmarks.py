@@ -32,7 +32,7 @@ from grounded.evaluation.video_data import (
 )
 from grounded.evaluation.video_report import write_video_report
 from grounded.evaluation.video_runner import predict_davis, predict_mots
-from grounded.tasks.track import Tracking
+from grounded.tasks.track import Tracking, resolve_options
 
 __all__ = ["DAVIS_PROTOCOL", "PREDICTIONS", "evaluate_davis", "evaluate_mots_dataset", "mots_protocol"]
 
@@ -216,15 +216,18 @@ def evaluate_mots_dataset(
     predictions: str | Path | None = None,
     prompt: str | None = None,
     sequences: Sequence[str] | None = None,
-    detect_every: int = 10,
-    max_lost: int = 2,
+    detect_every: int | None = None,
+    max_lost: int | None = None,
     reverse: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
     """HOTA, MOTSA and IDF1 of ``tracking`` (run here with ``prompt``, default the dataset's class names) or
-    of the ``predictions`` folder (``SEQ.txt``) on a MOTSChallenge folder; writes the report into ``out``."""
+    of the ``predictions`` folder (``SEQ.txt``) on a MOTSChallenge folder; writes the report into ``out``.
+    ``detect_every`` / ``max_lost`` default as :func:`~grounded.tasks.track.resolve_options` says."""
     if (tracking is None) == (predictions is None):
         raise ValueError("give tracking (to run) or predictions (to score), not both")
+    if tracking is not None:  # the values in use (recorded below); refused here, before any run
+        detect_every, max_lost = resolve_options(tracking.tracker, detect_every, max_lost, reverse)
     data, out = Path(data), Path(out)
     seqs = find_mots(data, sequences=sequences)
     class_ids = list(MOTS_CLASSES)

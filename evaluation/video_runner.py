@@ -124,13 +124,14 @@ def predict_mots(
     class_ids: Sequence[int],
     out: Path,
     *,
-    detect_every: int = 10,
-    max_lost: int = 2,
+    detect_every: int | None = None,
+    max_lost: int | None = None,
     reverse: bool = False,
     progress: bool = True,
 ) -> dict[str, Path]:
     """Track ``prompt`` through each sequence and write MOTS txt; prompt class *i* is written as
-    ``class_ids[i]``. Sequence -> results file."""
+    ``class_ids[i]``. Sequence -> results file. ``detect_every`` / ``max_lost``: as for
+    :func:`~grounded.tasks.track.track` (defaults there)."""
     if len(class_ids) != len(prompt.classes):
         raise UserError(
             f"the prompt has {len(prompt.classes)} class(es) for {len(class_ids)} evaluated class(es)"

@@ -467,3 +467,26 @@ def test_mots_tiny_random_grounded_sam2_pipeline_through_the_command(
         report["pipeline"]["tracker"]["type"] == "sam2_video"
         and (out / "predictions" / f"{SEQ}.txt").is_file()
     )
+
+
+def test_mots_with_a_text_driven_tracker_takes_its_own_defaults(mots, tmp_path):
+    """A text-driven tracker (SAM 3 video's kind) detects on every frame: `eval video` asks it no key-frame
+    options unless given, and refuses them in one line when given, as `grounded track` does."""
+    scene, data = mots
+    SCENES["mots_text"] = scene
+    yaml = tmp_path / "text.yaml"
+    yaml.write_text(
+        "name: text\nnodes:\n  tracker: {type: oracle_text_tracker, params: {scene: mots_text}}\n"
+    )
+    out = tmp_path / "run"
+    code, err = run_eval("--data", str(data), "--format", "mots", "--pipeline", str(yaml), "--out", str(out))
+    assert code == 0, err
+    report = report_of(out)
+    assert report["settings"] == {"detect_every": 1, "max_lost": None, "reverse": False}
+    assert report["summary"]["HOTA"] == pytest.approx(1.0) and report["summary"]["IDSW"] == 0
+    code, err = run_eval(
+        "--data", str(data), "--format", "mots", "--pipeline", str(yaml), "--detect-every", "4",
+        "--out", str(tmp_path / "refused"),
+    )  # fmt: skip
+    assert code == 2 and "--detect-every does not apply" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "refused").exists()

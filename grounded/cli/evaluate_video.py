@@ -8,14 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from grounded.cli.common import (
-    DETECTOR_FLAGS,
-    add_device_option,
-    add_quiet_option,
-    add_set_option,
-    params_from,
-    parse_settings,
-)
+from grounded.cli.common import add_device_option, add_quiet_option, add_set_option
+from grounded.cli.track import tracking_from_args
 from grounded.core.errors import EXIT_OK, UserError
 
 __all__ = ["add_parser", "handler"]
@@ -60,33 +54,13 @@ def add_parser(sub: Any) -> None:
     p.add_argument(
         "--prompt", "-p", help="MOTS: the text for the evaluated class (default 'pedestrian'), e.g. 'person'"
     )
-    p.add_argument(
-        "--detect-every", type=int, default=10, metavar="N", help="MOTS: detect every N frames (10)"
-    )
-    p.add_argument(
-        "--max-lost", type=int, default=2, metavar="K", help="MOTS: key frames a track may be missed (2)"
-    )
+    p.add_argument("--detect-every", type=int, metavar="N", help="MOTS: detect every N frames (10)")
+    p.add_argument("--max-lost", type=int, metavar="K", help="MOTS: key frames a track may be missed (2)")
     p.add_argument("--reverse", action="store_true", help="MOTS: follow new objects backwards")
     add_set_option(p, "set a node parameter, e.g. tracker.max_cond_frames=2 (repeatable)")
     add_device_option(p)
     add_quiet_option(p)
     p.set_defaults(handler=handler)
-
-
-def _tracking(args: argparse.Namespace) -> Any:
-    from grounded.tasks.track import build_tracking
-
-    overrides: dict[str, dict[str, Any]] = {}
-    for node, params in (
-        ("detector", params_from(args, DETECTOR_FLAGS)),
-        ("segmenter", params_from(args, (("segmenter", "model"),))),
-        ("tracker", params_from(args, (("tracker", "model"),))),
-    ):
-        if params:
-            overrides[node] = params
-    for node, params in parse_settings(args.settings).items():
-        overrides.setdefault(node, {}).update(params)
-    return build_tracking(args.pipeline, overrides, {"device": args.device} if args.device else None)
 
 
 def _percent(value: float | None) -> str:
@@ -103,7 +77,7 @@ def handler(args: argparse.Namespace) -> int:
     if args.format == "davis" and args.prompt:
         raise UserError("--prompt is for --format mots; DAVIS objects are given by their first-frame masks")
     with OutputFolder(args.out) as out:
-        tracking = None if args.predictions is not None else _tracking(args)
+        tracking = None if args.predictions is not None else tracking_from_args(args)
         source = {"tracking": tracking, "predictions": args.predictions}
         try:
             if args.format == "davis":

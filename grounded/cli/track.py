@@ -18,7 +18,7 @@ from grounded.cli.common import (
 )
 from grounded.core.errors import EXIT_IMAGE_ERRORS, EXIT_OK
 
-__all__ = ["add_parser", "handler"]
+__all__ = ["add_parser", "handler", "tracking_from_args"]
 
 
 def add_parser(subparsers: Any) -> None:
@@ -99,11 +99,10 @@ def _seconds_or_off(text: str) -> float | None:
     return value
 
 
-def handler(args: argparse.Namespace) -> int:
-    """Run ``grounded track``; returns the exit code."""
-    from grounded.core.files import OutputFolder
+def tracking_from_args(args: argparse.Namespace) -> Any:
+    """The tracking pipeline of ``--pipeline`` with the model flags, ``--set`` and ``--device`` applied
+    (``grounded track`` and ``grounded eval video``)."""
     from grounded.tasks.track import build_tracking
-    from grounded.tasks.track_outputs import track_files
 
     overrides: dict[str, dict[str, Any]] = {}
     for node, params in (
@@ -115,9 +114,16 @@ def handler(args: argparse.Namespace) -> int:
             overrides[node] = params
     for node, params in parse_settings(args.settings).items():
         overrides.setdefault(node, {}).update(params)
-    shared = {"device": args.device} if args.device else None
+    return build_tracking(args.pipeline, overrides, {"device": args.device} if args.device else None)
+
+
+def handler(args: argparse.Namespace) -> int:
+    """Run ``grounded track``; returns the exit code."""
+    from grounded.core.files import OutputFolder
+    from grounded.tasks.track_outputs import track_files
+
     with OutputFolder(args.out) as out:
-        tracking = build_tracking(args.pipeline, overrides, shared)
+        tracking = tracking_from_args(args)
         summary = track_files(
             tracking,
             args.video,
