@@ -23,11 +23,15 @@ one loss of a joined polygon.
 Everything after the tracer works on all rings at once in NumPy / SciPy (no Python loop over rings): the
 bridges are searched from each ring's four extreme pixels along their row or column, the tree of bridges is a
 minimum spanning tree (``scipy.sparse.csgraph``), and its depth-first walk is ordered by ranking the tour's
-steps (pointer jumping).
+steps (pointer jumping). On a ragged mask the grid's boundary-pixel lists the bridge search reads are made on a
+side thread while OpenCV traces (both release the GIL; a forked child makes its own thread).
 """
 
 from __future__ import annotations
 
+import os
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import pairwise
 from typing import Literal, NamedTuple
@@ -69,6 +73,8 @@ class _Rings(NamedTuple):
     scale: float
     shift: np.ndarray
     grid: np.ndarray | None = None  # the image the pixels are in (None: bridges are weighed by length only)
+    border: Future[tuple[np.ndarray, np.ndarray | None]] | None = None  # grid's _border_lists, if started
+    pixel_starts: np.ndarray | None = None  # where each ring's pixels start in px, py (None: counted)
 
 
 def mask_parts(mask: np.ndarray, convention: Convention = "centre", tolerance: float = 0.0) -> list[Part]:
@@ -109,12 +115,13 @@ def mask_polygons(
         raise ValueError(f"join must be 'holes' or 'all', got {join!r}")
     if convention not in ("centre", "corner"):
         raise ValueError(f"convention must be 'centre' or 'corner', got {convention!r}")
-    rings = _trace(mask, "centre")
+    quarters = convention == "corner"
+    rings = _trace(mask, "centre", border_columns=not quarters)
     if rings is None:
         return []
-    quarters = convention == "corner"
     out, into = _pixel_keys(rings.px, rings.py, rings.starts, rings.sizes)
-    if quarters and not _COUNT[into * 9 + out].all():  # not in the table (none is known): upsampled 2x
+    key = into * 9 + out
+    if quarters and not _COUNT[key].all():  # not in the table (none is known): upsampled 2x
         upsampled = _trace(mask, "corner")
         assert upsampled is not None  # the same mask, traced
         rings, quarters = upsampled, False
@@ -137,20 +144,30 @@ def mask_polygons(
         tree, forced = None, starts[roots]
     scale, (sx, sy) = rings.scale, rings.shift
     if quarters:  # the corners of the corner-convention rings, straight from the trace
-        x, y, position, sizes = _kept_quarters(rings.x, rings.y, starts, rings.sizes, forced, out, into)
+        x, y, position, sizes = _kept_quarters(rings.x, rings.y, starts, rings.sizes, forced, out, into, key)
         scale, sx, sy = 0.5, sx + 0.25, sy + 0.25
+        at_lo, at_hi = (position[tree[2]], position[tree[3]]) if tree is not None else (None, None)
     else:
-        keep = _turning(rings.x, rings.y, starts, rings.sizes, forced, out, into)
-        position = np.cumsum(keep) - 1
-        sizes = np.add.reduceat(keep.astype(np.int64), starts)
-        x, y = rings.x[keep], rings.y[keep]
+        chosen = _turning(rings.x, rings.y, starts, rings.sizes, forced, out, into)
+        sizes = np.diff(np.searchsorted(chosen, np.append(starts, len(rings.x))))
+        x, y = rings.x[chosen], rings.y[chosen]
+        # where the bridges' (kept) points are among the kept points
+        at_lo, at_hi = (
+            (np.searchsorted(chosen, tree[2]), np.searchsorted(chosen, tree[3]))
+            if tree is not None
+            else (None, None)
+        )
+
     kept = rings._replace(x=x, y=y, starts=np.cumsum(sizes) - sizes, sizes=sizes)
     if tree is None:
         index, lengths = _one_ring_each(kept, roots)
     else:
-        lo, hi, ilo, ihi = tree
-        index, lengths = _walk(kept, group, roots, lo, hi, position[ilo], position[ihi])
-    points = np.stack([kept.x[index] * scale + sx, kept.y[index] * scale + sy], axis=1)
+        assert at_lo is not None and at_hi is not None
+        index, lengths = _walk(kept, group, roots, tree[0], tree[1], at_lo, at_hi)
+    points = np.empty((len(index), 2))
+    np.multiply(kept.x[index], scale, out=points[:, 0])
+    np.multiply(kept.y[index], scale, out=points[:, 1])
+    points += (sx, sy)
     bounds = np.concatenate([[0], np.cumsum(lengths)]).tolist()
     return [points[a:b] for a, b in pairwise(bounds)]
 
@@ -176,7 +193,9 @@ def join_rings(rings: list[np.ndarray]) -> np.ndarray:
     x, y = points[:, 0].copy(), points[:, 1].copy()
     owner = np.repeat(np.arange(n), sizes)
     links = np.full((n, 4), -1, dtype=np.int64)
-    flat = _Rings(x, y, starts, sizes, links, x, y, owner, np.arange(len(x)), 1.0, np.zeros(2))
+    flat = _Rings(
+        x, y, starts, sizes, links, x, y, owner, np.arange(len(x)), 1.0, np.zeros(2), pixel_starts=starts
+    )
     group, roots = np.zeros(n, dtype=np.int64), np.zeros(1, dtype=np.int64)
     index, _ = _walk(flat, group, roots, *_bridge_tree(flat, group, roots))
     return points[index]
@@ -246,15 +265,20 @@ def _turn_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
             kept[slot] = len(chosen)
             for k, j in enumerate(chosen):
                 kept_x[5 * slot + k], kept_y[5 * slot + k] = _QUARTER_X[5 * key + j], _QUARTER_Y[5 * key + j]
-    return bits, kept, kept_x, kept_y
+    small = np.int32  # lookups give int32 arrays: half the memory traffic of int64
+    return bits.astype(small), kept.astype(small), kept_x.astype(small), kept_y.astype(small)
 
 
 _TURNS, _KEPT, _KEPT_X, _KEPT_Y = _turn_tables()
 
 
-def _trace(mask: np.ndarray, convention: Convention) -> _Rings | None:
+def _trace(mask: np.ndarray, convention: Convention, border_columns: bool | None = None) -> _Rings | None:
     """Every ring of the mask (OpenCV's ``CHAIN_APPROX_NONE``: every boundary pixel) as integer grid points, with
-    the scale and shift that take grid points to ``convention``; None for an empty mask."""
+    the scale and shift that take grid points to ``convention``; None for an empty mask.
+
+    ``border_columns`` not None: if the mask looks ragged enough for :func:`_bridges` to search the grid's
+    boundary pixels, their lists (:func:`_border_lists`) are made on another thread while OpenCV traces (both
+    release the GIL)."""
     import cv2
 
     mask = np.asarray(mask)
@@ -268,6 +292,9 @@ def _trace(mask: np.ndarray, convention: Convention) -> _Rings | None:
     cols = np.flatnonzero(mask.any(axis=0))
     r0, r1, c0, c1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
     crop: np.ndarray = np.ascontiguousarray(mask[r0:r1, c0:c1], dtype=np.uint8)
+    border = None
+    if border_columns is not None and _looks_ragged(crop):
+        border = _pool().submit(_border_lists, crop, border_columns)
     found = _contours(crop)
     if found is None:
         return None
@@ -276,16 +303,65 @@ def _trace(mask: np.ndarray, convention: Convention) -> _Rings | None:
     if convention == "centre":
         ids = np.arange(len(px))
         centre = np.array([c0, r0], np.float64)
-        return _Rings(px, py, starts, sizes, links, px, py, owner, ids, 1.0, centre, crop)
+        return _Rings(px, py, starts, sizes, links, px, py, owner, ids, 1.0, centre, crop, border, starts)
     shift = np.array([c0 + 0.25, r0 + 0.25])
     quartered = _quarter_points(px, py, starts, sizes)
     if quartered is None:  # a configuration the table lacks (none is known): trace the mask upsampled 2x
         big = cv2.resize(crop, (2 * crop.shape[1], 2 * crop.shape[0]), interpolation=cv2.INTER_NEAREST)
         x, y, starts, sizes, links = _contours(big)  # type: ignore[misc]
         owner = np.repeat(np.arange(len(sizes)), sizes)
-        return _Rings(x, y, starts, sizes, links, x, y, owner, np.arange(len(x)), 0.5, shift, big)
+        return _Rings(
+            x, y, starts, sizes, links, x, y, owner, np.arange(len(x)), 0.5, shift, big, None, starts
+        )
     x, y, first, sizes2 = quartered
-    return _Rings(x, y, np.cumsum(sizes2) - sizes2, sizes2, links, px, py, owner, first, 0.5, shift, crop)
+    quarter_starts = np.cumsum(sizes2) - sizes2
+    return _Rings(x, y, quarter_starts, sizes2, links, px, py, owner, first, 0.5, shift, crop, border, starts)
+
+
+_POOL: ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def _forget_pool() -> None:
+    """In a forked child: the parent's threads are not there (a task given to its pool would never run)."""
+    global _POOL, _POOL_LOCK
+    _POOL, _POOL_LOCK = None, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_pool)
+
+
+def _pool() -> ThreadPoolExecutor:
+    """The threads :func:`_trace` starts side work on (as many as cores, at most 4), made on first use (and
+    again in a forked child)."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(min(4, os.cpu_count() or 1), thread_name_prefix="grounded-polygons")
+        return _POOL
+
+
+def _looks_ragged(crop: np.ndarray) -> bool:
+    """Whether a mask is big and likely to have so many boundary pixels that :func:`_bridges` searches the grid
+    (one in 16 pixels or more), from the changes along every 8th row (a guess: it only decides side work)."""
+    height, width = crop.shape
+    if height * width < 1 << 16 or width < 2:
+        return False
+    sample = crop[::8]
+    changes = np.count_nonzero(sample[:, 1:] != sample[:, :-1]) * 8
+    return changes * 2 * 64 >= height * width
+
+
+def _border_lists(grid: np.ndarray, columns: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """The grid's boundary pixels (those OpenCV traces: a 4-neighbour in the background) as flat indices in
+    row order, and (``columns``) as flat indices of the transposed grid (column order)."""
+    import cv2
+
+    cross = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
+    border = grid > cv2.erode(grid, cross, borderType=cv2.BORDER_CONSTANT, borderValue=0)
+    rows = np.flatnonzero(border)
+    cols = np.flatnonzero(cv2.transpose(border.view(np.uint8)).view(bool)) if columns else None
+    return rows, cols
 
 
 def _contours(
@@ -357,6 +433,18 @@ def _pixel_keys(
     return out, _preceding(out, starts, ends)
 
 
+def _quarter_turns(
+    starts: np.ndarray, sizes: np.ndarray, out: np.ndarray, into: np.ndarray, key: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each traced pixel's ``_QUARTER_TABLE`` key (``9 * into + out``, if not given) and which of its quarter
+    points the ring turns at (``_TURNS``), from the directions into and out of it and its neighbours."""
+    ends = starts + sizes
+    key = into * 9 + out if key is None else key
+    return key, _TURNS[
+        ((_preceding(into, starts, ends) * 9 + into) * 9 + out) * 9 + _following(out, starts, ends)
+    ]
+
+
 def _kept_quarters(
     px: np.ndarray,
     py: np.ndarray,
@@ -365,15 +453,14 @@ def _kept_quarters(
     forced: np.ndarray,
     out: np.ndarray | None = None,
     into: np.ndarray | None = None,
+    key: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The corners of the corner-convention rings of traced rings (``_QUARTER_TABLE`` points where the ring
     turns, ``_TURNS``), and each ``forced`` pixel's first quarter point: x, y (2x grid), each pixel's first
     kept point and the rings' sizes. A ring that would keep fewer than 3 points keeps all."""
-    ends = starts + sizes
     if out is None or into is None:
         out, into = _pixel_keys(px, py, starts, sizes)
-    key = into * 9 + out
-    bits = _TURNS[((_preceding(into, starts, ends) * 9 + into) * 9 + out) * 9 + _following(out, starts, ends)]
+    key, bits = _quarter_turns(starts, sizes, out, into, key)
     bits[forced] |= 1
     slot = 32 * key + bits
     count = _KEPT[slot]
@@ -383,10 +470,10 @@ def _kept_quarters(
         slot[full] = 32 * key[full] + 31
         count = _KEPT[slot]
     first = np.cumsum(count) - count
-    total = int(first[-1] + count[-1])
-    pick = np.repeat(5 * slot - first, count) + np.arange(total)
-    x = np.repeat(2 * px, count) + _KEPT_X[pick]
-    y = np.repeat(2 * py, count) + _KEPT_Y[pick]
+    pixel = np.repeat(np.arange(len(count)), count)  # each kept point's pixel (one repeat: the slow step)
+    pick = 5 * slot[pixel] + (np.arange(len(pixel)) - first[pixel])
+    x = 2 * px[pixel] + _KEPT_X[pick]
+    y = 2 * py[pixel] + _KEPT_Y[pick]
     return x, y, first, np.add.reduceat(count, starts)
 
 
@@ -421,17 +508,19 @@ def _turning(
     out: np.ndarray | None = None,
     into: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Which points of rings of unit steps (8-neighbours) to keep: where the ring turns or goes back, the
-    ``forced`` ones, and every point of a ring that would keep fewer than 3 (``out``, ``into``: the
+    """The points of rings of unit steps (8-neighbours) to keep, in order: where the ring turns or goes back,
+    the ``forced`` ones, and every point of a ring that would keep fewer than 3 (``out``, ``into``: the
     steps' codes, :func:`_pixel_keys`, if known)."""
     if out is None or into is None:
         out, into = _pixel_keys(x, y, starts, sizes)
     keep = out != into
     keep[forced] = True
-    few = np.add.reduceat(keep.astype(np.int64), starts) < 3
+    chosen = np.flatnonzero(keep)
+    few = np.diff(np.searchsorted(chosen, np.append(starts, len(keep)))) < 3
     if few.any():
         keep |= np.repeat(few, sizes)
-    return keep
+        chosen = np.flatnonzero(keep)
+    return chosen
 
 
 # ---------------------------------------------------------------------- joining rings
@@ -452,9 +541,12 @@ def _bridge_tree(
     length 0, enough where a bridge's length costs nothing, the corner convention: ``pycocotools`` fills
     zero-width bridges exactly wherever they run)."""
     n = len(rings.sizes)
-    counts = np.bincount(rings.pixel_ring, minlength=n)
+    pixel_starts = rings.pixel_starts
+    if pixel_starts is None:
+        counts = np.bincount(rings.pixel_ring, minlength=n)
+        pixel_starts = np.cumsum(counts) - counts
     a, b, ia, ib, length = _bridges(
-        rings.px, rings.py, rings.pixel_ring, np.cumsum(counts) - counts, rings.grid, columns, out
+        rings.px, rings.py, rings.pixel_ring, pixel_starts, rings.grid, columns, out, rings.border
     )
     same = group[a] == group[b]
     ia, ib = rings.pixel_point[ia[same]], rings.pixel_point[ib[same]]
@@ -469,12 +561,13 @@ def _bridges(
     grid: np.ndarray | None,
     columns: bool = True,
     out: np.ndarray | None = None,
+    border: Future[tuple[np.ndarray, np.ndarray | None]] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Candidate bridges: from each ring's leftmost, rightmost, topmost and bottommost pixel to the next
     boundary pixel along its row or column (it belongs to another ring, and the bridge crosses no ring), and
     of length 0 to another ring through that same pixel. Returns ring ids, pixel indices and weights: the
     pixels of background a bridge crosses (where ``grid``, the image the pixels are in, says; ``cv2.fillPoly``
-    draws them), then its length."""
+    draws them), then its length. ``border``: the grid's :func:`_border_lists`, if already started."""
     if grid is None:
         x = px.astype(np.int64) - int(px.min())
         y = py.astype(np.int64) - int(py.min())
@@ -483,7 +576,6 @@ def _bridges(
         x, y = px.astype(np.int64), py.astype(np.int64)
         height, width = grid.shape
     count = len(x)
-    ids = np.arange(count, dtype=np.int64)
     along_rows = y * width + x
     along_cols = x * height + y
 
@@ -513,7 +605,7 @@ def _bridges(
     row_pixel: np.ndarray | None = None  # the pixel at each place of rows / cols (None: read from painted)
     col_pixel: np.ndarray | None = None
     # few pixels: sorted (several rings through a pixel: several); many: painted
-    if grid is None or count * 16 < width * height:
+    if grid is None or count * (16 if border is None else 64) < width * height:
         row_pixel = np.argsort(along_rows, kind="stable")
         rows = along_rows[row_pixel]
         low_r, high_r = np.searchsorted(rows, at_rows, "left"), np.searchsorted(rows, at_rows, "right")
@@ -523,27 +615,34 @@ def _bridges(
             low_c, high_c = np.searchsorted(cols, at_cols, "left"), np.searchsorted(cols, at_cols, "right")
         through = [row_pixel[low_r], row_pixel[high_r - 1]]
     else:  # many: the grid's boundary pixels (those OpenCV traces: a 4-neighbour in the background), in order
-        import cv2
-
-        cross = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
-        border = grid > cv2.erode(grid, cross, borderType=cv2.BORDER_CONSTANT, borderValue=0)
+        lists = border.result() if border is not None else None
+        if lists is None or (columns and lists[1] is None):
+            lists = _border_lists(grid, columns)
+        rows, col_list = lists
         half = 2 * len(starts)  # the queries along rows, then those along columns
-        rows = np.flatnonzero(border)
         low_r = np.zeros(len(queries), dtype=np.int64)
         low_r[:half] = _search(rows, at_rows[:half])
         high_r = low_r + 1
         if columns:
-            cols = np.flatnonzero(cv2.transpose(border.view(np.uint8)).view(bool))
+            assert col_list is not None
+            cols = col_list
             low_c = np.zeros(len(queries), dtype=np.int64)
             low_c[half:] = _search(cols, at_cols[half:])
             high_c = low_c + 1
-        painted = np.zeros(width * height, dtype=np.int32)  # 1 + the first (then the last) pixel there
-        through = []
+        painted = np.zeros(width * height, dtype=np.int32)  # 1 + the last pixel there
+        tags = np.arange(1, count + 1, dtype=np.int32)
+        painted[along_rows] = tags
+        through = [painted[at_rows].astype(np.int64) - 1]
         if columns:  # where lengths count: the first ring through a query pixel too (a free bridge)
-            painted[along_rows[::-1]] = ids[::-1] + 1
-            through.append(painted[at_rows].astype(np.int64) - 1)
-        painted[along_rows] = ids + 1
-        through.append(painted[at_rows].astype(np.int64) - 1)
+            again = np.flatnonzero(painted[along_rows] != tags)  # pixels a later one is painted over
+            if len(again):
+                shared = along_rows[again]
+                last = painted[shared]
+                painted[shared[::-1]] = tags[again[::-1]]  # the first there, where there are several
+                through.insert(0, painted[at_rows].astype(np.int64) - 1)
+                painted[shared] = last
+            else:
+                through.insert(0, through[0])
     src, dst, weights = [], [], []
     for other in through:  # another ring through the query pixel: a bridge of length 0
         shared = owner[other] != owner[queries]
@@ -603,7 +702,7 @@ def _spanning_tree(
     """The minimum spanning forest of the rings over the bridges, one tree a group; a set of rings no bridge
     reaches is joined from its first ring's first point to the nearest first point of its root's tree.
     Returns the tree's bridges: ring ids ``lo < hi`` and their point indices, sorted by ``(lo, hi)``."""
-    from scipy.sparse import coo_matrix
+    from scipy.sparse import coo_matrix, csr_matrix
     from scipy.sparse.csgraph import connected_components, minimum_spanning_tree
 
     n = len(rings.sizes)
@@ -620,12 +719,19 @@ def _spanning_tree(
     pair, length = pair[best], length[best]
     ilo, ihi = ilo[order][best], ihi[order][best]
     weights = length.astype(np.float64) + 0.5  # > 0: a zero entry would be no edge
-    tree = minimum_spanning_tree(coo_matrix((weights, (pair // n, pair % n)), shape=(n, n))).tocoo()
+    # pair is sorted and unique: the matrix is built in CSR form directly (no COO sort and sum)
+    indptr = np.searchsorted(pair, np.arange(n + 1) * n)
+    tree = minimum_spanning_tree(csr_matrix((weights, pair % n, indptr), shape=(n, n))).tocoo()
     chosen = np.searchsorted(pair, np.minimum(tree.row, tree.col) * n + np.maximum(tree.row, tree.col))
     lo, hi, ilo, ihi = pair[chosen] // n, pair[chosen] % n, ilo[chosen], ihi[chosen]
-    graph = coo_matrix((np.ones(len(lo)), (lo, hi)), shape=(n, n))
-    count, label = connected_components(graph, directed=False)
-    if count > len(roots):  # sets of rings no bridge reaches: joined by their first points
+    # a forest of n - len(roots) edges within the groups has one tree a group; else some are apart
+    count, label = len(roots), None
+    if len(lo) < n - len(roots):
+        count, label = connected_components(
+            coo_matrix((np.ones(len(lo)), (lo, hi)), shape=(n, n)), directed=False
+        )
+    if count > len(roots):
+        assert label is not None  # sets of rings no bridge reaches: joined by their first points
         from scipy.spatial import cKDTree
 
         anchors = np.stack([rings.x[rings.starts], rings.y[rings.starts]], axis=1).astype(np.float64)
@@ -661,15 +767,16 @@ def _walk(
     step of the tree's Euler tour (down to a ring: its first piece; back up from a child: the parent's next
     piece); the steps are put in order by ranking the tour's successor list (pointer jumping).
     """
-    from scipy.sparse import coo_matrix
+    from scipy.sparse import csr_matrix
     from scipy.sparse.csgraph import breadth_first_order
 
     starts, sizes = rings.starts, rings.sizes
     n, n_groups = len(sizes), len(roots)
     virtual = n  # joined to every root: one search orients every tree
-    rows = np.concatenate([lo, np.full(n_groups, virtual)])
+    rows = np.concatenate([lo, np.full(n_groups, virtual)])  # sorted (lo is, the virtual node is last)
     cols = np.concatenate([hi, roots])
-    graph = coo_matrix((np.ones(len(rows)), (rows, cols)), shape=(n + 1, n + 1)).tocsr()
+    indptr = np.searchsorted(rows, np.arange(n + 2))
+    graph = csr_matrix((np.ones(len(rows)), cols, indptr), shape=(n + 1, n + 1))
     _, parent = breadth_first_order(graph, virtual, directed=False, return_predecessors=True)
     parent = parent[:n].astype(np.int64)
     child = np.flatnonzero(parent != virtual)

@@ -8,7 +8,15 @@ import numpy as np
 import torch
 from pycocotools import mask as mask_utils
 
-__all__ = ["decode_rle", "encode_masks", "encode_window", "rle_area", "rle_to_json"]
+__all__ = [
+    "annotation_rle",
+    "decode_rle",
+    "encode_masks",
+    "encode_window",
+    "rle_area",
+    "rle_to_json",
+    "union_rles",
+]
 
 # runs beyond which encode_window hands the whole mask to pycocotools' C encoder instead of a Python list
 _MAX_LISTED_RUNS = 20000
@@ -86,6 +94,36 @@ def rle_to_json(rle: dict[str, Any]) -> dict[str, Any]:
     return {
         "size": [int(s) for s in rle["size"]],
         "counts": counts.decode("ascii") if isinstance(counts, bytes) else counts,
+    }
+
+
+def union_rles(rles: list[dict[str, Any]], height: int, width: int) -> dict[str, Any]:
+    """pycocotools' ``merge`` (union) of RLEs of one size, taken 16 at a time in a tree: the same RLE as one
+    ``merge`` of them all, which adds each to the growing union in turn and so grows with the square of
+    their number (5 s for a ragged mask's 12,677 polygons, 47 ms this way)."""
+    if not rles:
+        return mask_utils.encode(np.zeros((height, width), dtype=np.uint8, order="F"))
+    while len(rles) > 1:
+        rles = [
+            mask_utils.merge(rles[i : i + 16]) if i + 1 < len(rles) else rles[i]
+            for i in range(0, len(rles), 16)
+        ]
+    return rles[0]
+
+
+def annotation_rle(segmentation: Any, height: int, width: int) -> dict[str, Any]:
+    """The compressed RLE of a COCO annotation's ``segmentation`` as ``pycocotools``' ``COCO.annToRLE`` makes
+    it (polygons: each rasterised by ``frPyObjects``, their union; uncompressed RLE: encoded; compressed RLE:
+    itself, ``counts`` as bytes), the union taken by :func:`union_rles`; an empty list: an empty mask."""
+    if isinstance(segmentation, list):
+        rles = mask_utils.frPyObjects(segmentation, height, width) if segmentation else []
+        return union_rles(rles, height, width)
+    if isinstance(segmentation["counts"], list):
+        return mask_utils.frPyObjects(segmentation, height, width)
+    counts = segmentation["counts"]
+    return {
+        "size": list(segmentation["size"]),
+        "counts": counts.encode("ascii") if isinstance(counts, str) else counts,
     }
 
 

@@ -67,7 +67,7 @@ def read_coco(
     of annotations left out for having no mask."""
     from pycocotools.coco import COCO
 
-    from grounded.core.rle import rle_to_json
+    from grounded.core.rle import annotation_rle, rle_to_json
 
     records: list[dict[str, Any]] = []
     assignment: dict[str, str] = {}
@@ -115,7 +115,7 @@ def read_coco(
                 attrs = dict(ann.get("attributes") or {})
                 out: dict[str, Any] = {
                     "category": names[int(ann["category_id"])],
-                    "segmentation": rle_to_json(coco.annToRLE(ann)),
+                    "segmentation": rle_to_json(annotation_rle(ann["segmentation"], height, width)),
                     "score": float(attrs.get("score", ann.get("score", 1.0))),
                     "phrase": str(attrs.get("phrase", ann.get("phrase", names[int(ann["category_id"])]))),
                 }

@@ -53,7 +53,7 @@ from PIL import Image, ImageOps
 
 from grounded.core.files import atomic_write_bytes, atomic_write_text, compact_json, temp_path
 from grounded.core.polygons import mask_polygons
-from grounded.core.rle import decode_rle
+from grounded.core.rle import annotation_rle, decode_rle
 
 __all__ = [
     "FORMATS",
@@ -130,12 +130,9 @@ def rle_box(rle: Mapping[str, Any]) -> list[float]:
 
 def polygons_to_mask(polygons: Sequence[Sequence[float]], height: int, width: int) -> np.ndarray:
     """Rasterise COCO polygons (union, as ``pycocotools`` does for ``annToMask``)."""
-    from pycocotools import mask as mask_utils
-
     if not polygons:
         return np.zeros((height, width), dtype=bool)
-    rles = mask_utils.frPyObjects([list(map(float, p)) for p in polygons], height, width)
-    return mask_utils.decode(mask_utils.merge(rles)).astype(bool)
+    return decode_rle(annotation_rle([list(map(float, p)) for p in polygons], height, width))
 
 
 def fill_polygon(polygon: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -317,8 +314,9 @@ def validate_coco(paths: Sequence[Path], records: Sequence[Record]) -> dict[str,
                 raise ValueError(
                     f"{path}: {info['file_name']} has {len(anns)} annotations, expected {len(kept)}"
                 )
-            for ann, (_, original) in zip(anns, kept, strict=True):
-                ious.append(mask_iou(coco.annToMask(ann).astype(bool), original))
+            for ann, (_, original) in zip(anns, kept, strict=True):  # annToMask's mask (union in a tree)
+                back = decode_rle(annotation_rle(ann["segmentation"], info["height"], info["width"]))
+                ious.append(mask_iou(back, original))
     return _summary(n_images, ious)
 
 
