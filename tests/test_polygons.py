@@ -338,3 +338,33 @@ def test_side_work_runs_on_ragged_masks_and_in_a_forked_child():
     with multiprocessing.get_context("fork").Pool(1) as pool:
         got = pool.apply_async(mask_polygons, (mask, "centre", "all")).get(timeout=60)
     assert len(got) == 1 and np.array_equal(got[0], expected[0])
+
+
+@pytest.mark.parametrize("name", sorted(MASKS))
+def test_coco_polygon_text_is_what_json_writes_of_the_polygons(name):
+    """write_coco looks each coordinate's text up (coco_polygons_json): the same characters as json.dumps of
+    coco_polygons, in a whole document too; other strings (a NUL in a phrase) are left alone."""
+    import json
+
+    from grounded.core.files import JsonText, compact_json
+    from grounded.core.rle import encode_masks
+    from grounded.tasks.datasets import coco_document, coco_polygons, coco_polygons_json
+
+    mask = MASKS[name]()
+    assert coco_polygons_json(mask) == json.dumps(coco_polygons(mask), separators=(",", ":"))
+    small = np.zeros((6, 6), bool)
+    small[2, 2] = True  # one vertex: padded
+    assert coco_polygons_json(small) == json.dumps(coco_polygons(small), separators=(",", ":"))
+    assert coco_polygons_json(np.zeros((4, 4), bool)) == "[]"
+    h, w = mask.shape
+    anns = [
+        {"category": "a", "score": 0.5, "phrase": "x\x00y \u00e9", "segmentation": encode_masks(m[None])[0]}
+        for m in (mask, small if small.shape == mask.shape else np.pad(small, ((0, h - 6), (0, w - 6))))
+    ]
+    records = [{"file": "f.png", "name": "f", "height": h, "width": w, "annotations": anns}]
+    fast = compact_json(coco_document(records, ["a"], polygon_text=True))
+    assert fast == compact_json(coco_document(records, ["a"]))
+    assert json.loads(fast)["annotations"][0]["attributes"]["phrase"] == "x\x00y \u00e9"
+    assert compact_json([JsonText("[1,2]"), "\x00"]) == '[[1,2],"\\u0000"]\n'
+    with pytest.raises(TypeError, match="not JSON serializable"):
+        compact_json({"a": object()})

@@ -26,6 +26,7 @@ from PIL import Image
 from grounded.core.errors import UserError
 
 __all__ = [
+    "JsonText",
     "OutputFolder",
     "atomic_write_bytes",
     "atomic_write_text",
@@ -192,9 +193,31 @@ def open_folder(out: Path | OutputFolder, what: str = "--out") -> Iterator[Outpu
         yield folder
 
 
+class JsonText:
+    """A value already written as JSON, which :func:`compact_json` puts in as it is (long number lists
+    formatted faster than ``json`` formats floats)."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+
 def compact_json(obj: Any) -> str:
-    """One line of JSON (no spaces, no NaN) and a newline."""
-    return json.dumps(obj, separators=(",", ":"), allow_nan=False) + "\n"
+    """One line of JSON (no spaces, no NaN) and a newline; :class:`JsonText` values go in as they are."""
+    texts: list[str] = []
+    mark = secrets.token_hex(8)  # no string of the document can name a placeholder by chance
+
+    def placeholder(value: Any) -> str:
+        if not isinstance(value, JsonText):
+            raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+        texts.append(value.text)
+        return f"\x00{mark}:{len(texts) - 1}"
+
+    out = json.dumps(obj, separators=(",", ":"), allow_nan=False, default=placeholder)
+    if texts:
+        out = re.sub(f'"\\\\u0000{mark}:(\\d+)"', lambda m: texts[int(m.group(1))], out)
+    return out + "\n"
 
 
 def encode_png(array: np.ndarray, text: Mapping[str, str] | None = None) -> bytes:

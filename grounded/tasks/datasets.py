@@ -41,6 +41,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import io
+import json
 import os
 import shutil
 from collections.abc import Mapping, Sequence
@@ -51,7 +52,7 @@ from xml.etree import ElementTree as ET
 import numpy as np
 from PIL import Image, ImageOps
 
-from grounded.core.files import atomic_write_bytes, atomic_write_text, compact_json, temp_path
+from grounded.core.files import JsonText, atomic_write_bytes, atomic_write_text, compact_json, temp_path
 from grounded.core.polygons import mask_polygons
 from grounded.core.rle import annotation_rle, decode_rle
 
@@ -59,6 +60,7 @@ __all__ = [
     "FORMATS",
     "YOLO_OFFSET",
     "coco_polygons",
+    "coco_polygons_json",
     "export_records",
     "mask_box",
     "mask_iou",
@@ -97,6 +99,39 @@ def coco_polygons(mask: np.ndarray) -> list[list[float]]:
             flat += flat[:2]
         out.append(flat)
     return out
+
+
+def coco_polygons_json(mask: np.ndarray) -> str:
+    """:func:`coco_polygons` as the JSON text ``json.dumps`` writes of it (the same characters), each quarter-pixel
+    coordinate's text looked up instead of formatted."""
+    polygons = mask_polygons(mask, "corner", join="holes")
+    if not polygons:
+        return "[]"
+    flat = np.concatenate(polygons).reshape(-1)
+    quarters = np.rint(flat * 4)
+    if quarters.min() < 0 or not np.array_equal(quarters / 4, flat):  # not quarter pixels (none are)
+        return json.dumps(coco_polygons(mask), separators=(",", ":"))
+    words = _quarter_words(int(quarters.max()) + 1)[quarters.astype(np.intp)].tolist()
+    texts = []
+    start = 0
+    for poly in polygons:
+        end = start + 2 * len(poly)
+        part = words[start:end]
+        while len(part) < 6:  # as coco_polygons pads a part of fewer than 3 vertices
+            part += part[:2]
+        texts.append("[" + ",".join(part) + "]")
+        start = end
+    return "[" + ",".join(texts) + "]"
+
+
+@functools.lru_cache(maxsize=4)
+def _quarter_table(size: int) -> np.ndarray:
+    return np.array([repr(k / 4) for k in range(size)], dtype=object)
+
+
+def _quarter_words(count: int) -> np.ndarray:
+    """``repr`` (what ``json`` writes) of ``k / 4`` for ``k`` in ``0 .. count - 1`` at least (cached by power of 2)."""
+    return _quarter_table(1 << max(10, (count - 1).bit_length()))
 
 
 def yolo_polygon(mask: np.ndarray) -> np.ndarray:
@@ -233,9 +268,11 @@ def coco_document(
     categories: Sequence[str],
     file_names: Sequence[str] | None = None,
     rle: bool = False,
+    polygon_text: bool = False,
 ) -> dict[str, Any]:
     """The COCO instances document of ``records`` (``file_names``: each image's ``file_name``, default its
-    ``file``)."""
+    ``file``). ``polygon_text``: each polygon ``segmentation`` as :class:`JsonText` (for :func:`compact_json`,
+    which then writes the same characters faster)."""
     cat_ids = {name: i + 1 for i, name in enumerate(categories)}
     images: list[dict[str, Any]] = []
     annotations: list[dict[str, Any]] = []
@@ -247,7 +284,11 @@ def coco_document(
                 "id": len(annotations) + 1,
                 "image_id": image_id,
                 "category_id": cat_ids[ann["category"]],
-                "segmentation": ann["segmentation"] if rle else coco_polygons(mask),
+                "segmentation": ann["segmentation"]
+                if rle
+                else JsonText(coco_polygons_json(mask))
+                if polygon_text
+                else coco_polygons(mask),
                 "area": int(mask.sum()),
                 "bbox": mask_box(mask),
                 "iscrowd": 1 if rle else 0,
@@ -283,7 +324,8 @@ def write_coco(
             place_image(sources[rec["file"]], out_dir / "images" / split / name, link)
         path = out_dir / "annotations" / f"instances_{split}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(path, compact_json(coco_document(part, categories, names, rle)))
+        document = coco_document(part, categories, names, rle, polygon_text=True)
+        atomic_write_text(path, compact_json(document))
         written.append(path)
     return written
 
