@@ -585,3 +585,60 @@ def test_print_round_trip_figures():
         print(
             f"ROUND TRIP {client:22s} {shape:8s} n={len(ious):2d} min IoU {min(ious):.4f} mean {np.mean(ious):.4f}"
         )
+
+
+def _voc_xml_by_elementtree(record, file_name: str) -> bytes:
+    """The VOC annotation as ElementTree writes the tree (the writer's reference: it writes the text itself)."""
+    from xml.etree import ElementTree as ET
+
+    root = ET.Element("annotation")
+    ET.SubElement(root, "folder").text = "JPEGImages"
+    ET.SubElement(root, "filename").text = file_name
+    size = ET.SubElement(root, "size")
+    for tag, value in (("width", record["width"]), ("height", record["height"]), ("depth", 3)):
+        ET.SubElement(size, tag).text = str(value)
+    ET.SubElement(root, "segmented").text = "1"
+    kept = [
+        (a, m) for a, m in ((a, dx.decode_rle(a["segmentation"])) for a in record["annotations"]) if m.any()
+    ]
+    for i in sorted(range(len(kept)), key=lambda i: (-kept[i][0]["score"], i)):
+        ann, mask = kept[i]
+        obj = ET.SubElement(root, "object")
+        for tag, text in (
+            ("name", ann["category"]),
+            ("pose", "Unspecified"),
+            ("truncated", "0"),
+            ("difficult", "0"),
+        ):
+            ET.SubElement(obj, tag).text = text
+        x, y, w, h = (int(v) for v in dx.mask_box(mask))
+        box = ET.SubElement(obj, "bndbox")
+        for tag, value in (("xmin", x + 1), ("ymin", y + 1), ("xmax", x + w), ("ymax", y + h)):
+            ET.SubElement(box, tag).text = str(value)
+        polygon = ET.SubElement(obj, "polygon")
+        for k, (px, py) in enumerate(dx.yolo_polygon(mask).tolist(), start=1):
+            ET.SubElement(polygon, f"x{k}").text = f"{px + 1:g}"
+            ET.SubElement(polygon, f"y{k}").text = f"{py + 1:g}"
+    ET.indent(root)
+    return ET.tostring(root, encoding="utf-8", xml_declaration=False) + b"\n"
+
+
+def test_voc_annotation_text_is_what_elementtree_writes():
+    """_voc_xml writes the XML text itself (a ragged mask's polygon is two elements a vertex): the same bytes as
+    ElementTree's, with names that need escaping, several objects in score order and an empty mask left out."""
+    coin, horse = _coins()[0], ~data.horse()
+    ragged = ndimage.gaussian_filter(np.random.default_rng(2).standard_normal(horse.shape), 2.0) > 0
+    masks = [
+        horse,
+        ragged,
+        np.pad(coin, ((0, horse.shape[0] - coin.shape[0]), (0, horse.shape[1] - coin.shape[1]))),
+    ]
+    masks.append(np.zeros_like(horse))
+    names = ["horse & <rider>", "fölíage", "coin", "nothing"]
+    anns = [
+        {"category": n, "score": s, "segmentation": r}
+        for n, s, r in zip(names, (0.5, 0.9, 0.7, 0.8), encode_masks(np.stack(masks)), strict=True)
+    ]
+    h, w = horse.shape
+    record = {"file": "a&b.png", "name": "a&b", "height": h, "width": w, "annotations": anns}
+    assert dx._voc_xml(record, "a&b.png") == _voc_xml_by_elementtree(record, "a&b.png")

@@ -368,3 +368,25 @@ def test_coco_polygon_text_is_what_json_writes_of_the_polygons(name):
     assert compact_json([JsonText("[1,2]"), "\x00"]) == '[[1,2],"\\u0000"]\n'
     with pytest.raises(TypeError, match="not JSON serializable"):
         compact_json({"a": object()})
+
+
+def test_before_after_benchmark_compares_two_versions_that_agree():
+    """benchmarks/polygons_before_after.py times an earlier polygons.py against this one (here HEAD against
+    the working tree: the same code at most) and refuses versions that give different polygons."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    if subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True).returncode:
+        pytest.skip("not a git checkout")
+    script = root / "benchmarks" / "polygons_before_after.py"
+    done = subprocess.run(
+        [sys.executable, str(script), "--before", "HEAD", "--repeats", "1"], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| ") and "---" not in line]
+    assert [r.split(" | ")[0][2:] for r in rows[1:]] == [
+        "disk", "horse", "foliage s=12", "foliage s=6", "foliage s=3", "checker 4px"
+    ]  # fmt: skip
+    assert all(len(r.split(" | ")) == 8 for r in rows)

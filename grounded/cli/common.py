@@ -61,10 +61,6 @@ def dataset_formats(text: str) -> list[str]:
     unknown = [f for f in formats if f not in FORMATS]
     if unknown or not formats:
         raise UserError(f"--format takes a comma-separated list of {', '.join(FORMATS)}; got {text!r}")
-    if "label-studio" in formats:
-        from grounded.core.label_studio import require_sdk
-
-        require_sdk()
     return list(dict.fromkeys(formats))
 
 

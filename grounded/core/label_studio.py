@@ -2,9 +2,9 @@
 
 :func:`label_studio_regions` turns COCO-style records (``category``, ``score``, ``segmentation`` RLE, as
 :meth:`grounded.core.detections.Detections.to_coco_records` makes them) into the ``result`` list of a task's
-prediction; the dataset export (``--format label-studio``) and an ML backend share it. Brush masks are encoded
-by label-studio-sdk (``label_studio_sdk.converter.brush.mask2rle``), which is therefore needed for them
-(``pip install label-studio-sdk``); polygons are in percent of the image size, pixel-corner convention.
+prediction; the dataset export (``--format label-studio``) and an ML backend share it. Brush masks are in
+Label Studio's RLE, the bytes label-studio-sdk's ``mask2rle`` writes (:mod:`grounded.core.brush_rle`, with
+NumPy instead of its bit-by-bit Python); polygons are in percent of the image size, pixel-corner convention.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from xml.sax.saxutils import quoteattr
 
 import numpy as np
 
-from grounded.core.errors import UserError
+from grounded.core.brush_rle import decode_brush, encode_brush
 from grounded.core.rle import decode_rle
 
 __all__ = [
@@ -25,23 +25,7 @@ __all__ = [
     "polygon_value",
     "rectangle_value",
     "region_mask",
-    "require_sdk",
 ]
-
-
-def require_sdk() -> None:
-    """Raise the one-line :class:`UserError` now if label-studio-sdk is missing (before any model runs)."""
-    _brush()
-
-
-def _brush() -> Any:
-    try:
-        from label_studio_sdk.converter import brush
-    except ImportError:
-        raise UserError(
-            "Label Studio brush masks need label-studio-sdk: pip install label-studio-sdk"
-        ) from None
-    return brush
 
 
 def rectangle_value(xywh: Sequence[float], label: str, height: int, width: int) -> dict[str, Any]:
@@ -64,9 +48,8 @@ def polygon_value(points: np.ndarray, label: str, height: int, width: int) -> di
 
 
 def brush_value(mask: np.ndarray, label: str) -> dict[str, Any]:
-    """A ``brushlabels`` value: the mask in Label Studio's RLE (label-studio-sdk's encoder)."""
-    rle = _brush().mask2rle(np.asarray(mask, dtype=np.uint8) * 255)
-    return {"format": "rle", "rle": [int(v) for v in rle], "brushlabels": [label]}
+    """A ``brushlabels`` value: the mask in Label Studio's RLE (the bytes of label-studio-sdk's ``mask2rle``)."""
+    return {"format": "rle", "rle": encode_brush(np.asarray(mask, dtype=bool)), "brushlabels": [label]}
 
 
 def label_studio_regions(
@@ -113,9 +96,9 @@ def label_studio_regions(
 
 
 def region_mask(region: Mapping[str, Any]) -> np.ndarray:
-    """The boolean mask of a brush region (label-studio-sdk's decoder)."""
+    """The boolean mask of a brush region (as label-studio-sdk's ``decode_rle`` reads it)."""
     height, width = int(region["original_height"]), int(region["original_width"])
-    flat = _brush().decode_rle(region["value"]["rle"])
+    flat = decode_brush(region["value"]["rle"])
     return np.reshape(flat, (height, width, 4))[:, :, 3] > 0
 
 

@@ -1,7 +1,7 @@
 """Detections and masks as Label Studio regions (the ``result`` items of a prediction), in percent of the image.
 
 The values are :mod:`grounded.core.label_studio`'s (shared with ``grounded annotate --format label-studio``):
-brush masks encoded by label-studio-sdk's own encoder, polygons the mask's contours (pixel-corner convention)
+brush masks in the bytes label-studio-sdk's own encoder writes (:mod:`grounded.core.brush_rle`), polygons the mask's contours (pixel-corner convention)
 as ``[x%, y%]`` points.
 """
 
