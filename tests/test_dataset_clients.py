@@ -412,6 +412,7 @@ def test_datumaro_imports_voc_with_the_labelmap(dataset, elsewhere):
 
 # ---------------------------------------------------------------------- Label Studio
 def test_label_studio_tasks_validate_and_decode(dataset, elsewhere):
+    from label_studio_sdk.converter import brush
     from label_studio_sdk.label_interface import LabelInterface
 
     from grounded.core.label_studio import region_mask
@@ -432,7 +433,12 @@ def test_label_studio_tasks_validate_and_decode(dataset, elsewhere):
         assert [r["value"]["brushlabels"] for r in prediction["result"]] == [[c] for c, _ in items]
         for region, (cat, true) in zip(prediction["result"], items, strict=True):
             assert (region["original_height"], region["original_width"]) == true.shape
-            _check("label-studio-brush", cat, region_mask(region), true, compact_iou=1.0)
+            h, w = true.shape
+            decoded = (
+                np.reshape(brush.decode_rle(region["value"]["rle"]), (h, w, 4))[:, :, 3] > 0
+            )  # the SDK's
+            _check("label-studio-brush", cat, decoded, true, compact_iou=1.0)
+            assert np.array_equal(region_mask(region), decoded)  # the export's own check reads the same
 
 
 def test_label_studio_converter_imports_the_coco_polygons(dataset, elsewhere):
@@ -642,3 +648,16 @@ def test_voc_annotation_text_is_what_elementtree_writes():
     h, w = horse.shape
     record = {"file": "a&b.png", "name": "a&b", "height": h, "width": w, "annotations": anns}
     assert dx._voc_xml(record, "a&b.png") == _voc_xml_by_elementtree(record, "a&b.png")
+
+
+def test_voc_object_names_are_read_past_the_polygons_and_bad_xml_is_refused(tmp_path):
+    good = tmp_path / "a.xml"
+    good.write_text(
+        "<annotation><object><name>a &amp; b</name><polygon><x1>1</x1><y1>2</y1></polygon></object>"
+        "<object><name>c</name><polygon /></object><object><name>d</name><polygon></polygon></object></annotation>"
+    )
+    assert dx._voc_object_names(good) == ["a & b", "c", "d"]
+    bad = tmp_path / "b.xml"
+    bad.write_text("<annotation><object><name>a</name><polygon><x1>1</y1></polygon></object></annotation>")
+    with pytest.raises(ValueError, match="not well-formed"):
+        dx._voc_object_names(bad)
