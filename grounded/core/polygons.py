@@ -58,8 +58,8 @@ class Part:
 class _Rings(NamedTuple):
     """Traced rings as flat arrays: ring ``i`` is points ``starts[i]`` to ``starts[i] + sizes[i] - 1`` of
     ``x``, ``y`` (integer grid points). ``px``, ``py`` are the rings' boundary pixels in the mask's own grid
-    (where bridges are searched), ``pixel_ring`` their ring and ``pixel_point`` the point a bridge from that
-    pixel starts at."""
+    (where bridges are searched), ``pixel_ring`` their ring, ``pixel_point`` the point a bridge from that
+    pixel starts at and ``pixel_starts`` where each ring's pixels start."""
 
     x: np.ndarray
     y: np.ndarray
@@ -70,11 +70,11 @@ class _Rings(NamedTuple):
     py: np.ndarray
     pixel_ring: np.ndarray
     pixel_point: np.ndarray
+    pixel_starts: np.ndarray
     scale: float
     shift: np.ndarray
     grid: np.ndarray | None = None  # the image the pixels are in (None: bridges are weighed by length only)
     border: Future[tuple[np.ndarray, np.ndarray | None]] | None = None  # grid's _border_lists, if started
-    pixel_starts: np.ndarray | None = None  # where each ring's pixels start in px, py (None: counted)
 
 
 def mask_parts(mask: np.ndarray, convention: Convention = "centre", tolerance: float = 0.0) -> list[Part]:
@@ -120,8 +120,8 @@ def mask_polygons(
     if rings is None:
         return []
     out, into = _pixel_keys(rings.px, rings.py, rings.starts, rings.sizes)
-    key = into * 9 + out
-    if quarters and not _COUNT[key].all():  # not in the table (none is known): upsampled 2x
+    key = into * 9 + out if quarters else None  # the quarter tables' key of each pixel
+    if key is not None and not _COUNT[key].all():  # not in the table (none is known): upsampled 2x
         upsampled = _trace(mask, "corner")
         assert upsampled is not None  # the same mask, traced
         rings, quarters = upsampled, False
@@ -193,9 +193,7 @@ def join_rings(rings: list[np.ndarray]) -> np.ndarray:
     x, y = points[:, 0].copy(), points[:, 1].copy()
     owner = np.repeat(np.arange(n), sizes)
     links = np.full((n, 4), -1, dtype=np.int64)
-    flat = _Rings(
-        x, y, starts, sizes, links, x, y, owner, np.arange(len(x)), 1.0, np.zeros(2), pixel_starts=starts
-    )
+    flat = _Rings(x, y, starts, sizes, links, x, y, owner, np.arange(len(x)), starts, 1.0, np.zeros(2))
     group, roots = np.zeros(n, dtype=np.int64), np.zeros(1, dtype=np.int64)
     index, _ = _walk(flat, group, roots, *_bridge_tree(flat, group, roots))
     return points[index]
@@ -303,19 +301,17 @@ def _trace(mask: np.ndarray, convention: Convention, border_columns: bool | None
     if convention == "centre":
         ids = np.arange(len(px))
         centre = np.array([c0, r0], np.float64)
-        return _Rings(px, py, starts, sizes, links, px, py, owner, ids, 1.0, centre, crop, border, starts)
+        return _Rings(px, py, starts, sizes, links, px, py, owner, ids, starts, 1.0, centre, crop, border)
     shift = np.array([c0 + 0.25, r0 + 0.25])
     quartered = _quarter_points(px, py, starts, sizes)
     if quartered is None:  # a configuration the table lacks (none is known): trace the mask upsampled 2x
         big = cv2.resize(crop, (2 * crop.shape[1], 2 * crop.shape[0]), interpolation=cv2.INTER_NEAREST)
         x, y, starts, sizes, links = _contours(big)  # type: ignore[misc]
         owner = np.repeat(np.arange(len(sizes)), sizes)
-        return _Rings(
-            x, y, starts, sizes, links, x, y, owner, np.arange(len(x)), 0.5, shift, big, None, starts
-        )
+        return _Rings(x, y, starts, sizes, links, x, y, owner, np.arange(len(x)), starts, 0.5, shift, big)
     x, y, first, sizes2 = quartered
     quarter_starts = np.cumsum(sizes2) - sizes2
-    return _Rings(x, y, quarter_starts, sizes2, links, px, py, owner, first, 0.5, shift, crop, border, starts)
+    return _Rings(x, y, quarter_starts, sizes2, links, px, py, owner, first, starts, 0.5, shift, crop, border)
 
 
 _POOL: ThreadPoolExecutor | None = None
@@ -540,13 +536,8 @@ def _bridge_tree(
     :func:`_bridges` between rings of one group (``columns=False``: along rows only and fewer bridges of
     length 0, enough where a bridge's length costs nothing, the corner convention: ``pycocotools`` fills
     zero-width bridges exactly wherever they run)."""
-    n = len(rings.sizes)
-    pixel_starts = rings.pixel_starts
-    if pixel_starts is None:
-        counts = np.bincount(rings.pixel_ring, minlength=n)
-        pixel_starts = np.cumsum(counts) - counts
     a, b, ia, ib, length = _bridges(
-        rings.px, rings.py, rings.pixel_ring, pixel_starts, rings.grid, columns, out, rings.border
+        rings.px, rings.py, rings.pixel_ring, rings.pixel_starts, rings.grid, columns, out, rings.border
     )
     same = group[a] == group[b]
     ia, ib = rings.pixel_point[ia[same]], rings.pixel_point[ib[same]]

@@ -135,21 +135,12 @@ def decode_rle(rle: dict[str, Any]) -> np.ndarray:
     times slower on a large image."""
     import cv2
 
-    if isinstance(rle["counts"], list):
-        rle = mask_utils.frPyObjects(rle, *rle["size"])
-    elif isinstance(rle["counts"], str):
-        rle = {"size": rle["size"], "counts": rle["counts"].encode("ascii")}
-    columns = mask_utils.decode(rle).T  # (W, H), C-contiguous: the Fortran layout of (H, W)
+    columns = mask_utils.decode(annotation_rle(rle, *rle["size"])).T  # (W, H): the Fortran layout of (H, W)
     if columns.shape[0] == 0 or columns.shape[1] == 0:
         return np.zeros(columns.shape[::-1], dtype=bool)
     return cv2.transpose(np.ascontiguousarray(columns)).view(bool)
 
 
 def rle_area(rle: dict[str, Any]) -> int:
-    """Number of foreground pixels of a compressed RLE."""
-    counts = rle["counts"]
-    return int(
-        mask_utils.area(
-            {"size": rle["size"], "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
-        )
-    )
+    """Number of foreground pixels of an RLE."""
+    return int(mask_utils.area(annotation_rle(rle, *rle["size"])))

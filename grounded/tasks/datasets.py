@@ -154,14 +154,7 @@ def rle_box(rle: Mapping[str, Any]) -> list[float]:
     """:func:`mask_box` of a COCO RLE, without decoding it (pycocotools' ``toBbox``)."""
     from pycocotools import mask as mask_utils
 
-    counts = rle["counts"]
-    encoded = {
-        "size": list(rle["size"]),
-        "counts": counts.encode("ascii") if isinstance(counts, str) else counts,
-    }
-    if isinstance(counts, list):
-        encoded = mask_utils.frPyObjects(encoded, *rle["size"])
-    return [float(v) for v in mask_utils.toBbox(encoded)]
+    return [float(v) for v in mask_utils.toBbox(annotation_rle(dict(rle), *rle["size"]))]
 
 
 def polygons_to_mask(polygons: Sequence[Sequence[float]], height: int, width: int) -> np.ndarray:
