@@ -30,6 +30,7 @@ choice of the single mask by stability.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -94,6 +95,38 @@ def _prepare(decoder: Any, embedding: torch.Tensor, pos: torch.Tensor, dense: to
         values0=_split_heads(to_image.v_proj(src), to_image.num_attention_heads),
         queries0=_split_heads(to_token.q_proj(src_pos), to_token.num_attention_heads),
     )
+
+
+def _one_image(
+    name: str,
+    model: Any,
+    image_embeddings: torch.Tensor,
+    sparse_embeddings: torch.Tensor,
+    dense_embeddings: torch.Tensor,
+) -> tuple[Any, _Image, tuple[int, int], torch.Tensor]:
+    """What every ``decode_many*`` checks and shares: one image, one dense embedding for every prompt; the
+    decoder, the image side prepared once (:func:`_prepare`), the embedding's ``(h, w)`` and the prompts."""
+    if image_embeddings.shape[0] != 1 or sparse_embeddings.shape[0] != 1:
+        raise ValueError(f"{name} takes one image")
+    if dense_embeddings.shape[0] != 1:
+        raise ValueError(f"{name} needs one dense embedding for every prompt (no mask inputs)")
+    decoder = model.mask_decoder
+    pos = model.get_image_wide_positional_embeddings()
+    image = _prepare(decoder, image_embeddings, pos, dense_embeddings)
+    size = (int(image_embeddings.shape[2]), int(image_embeddings.shape[3]))
+    return decoder, image, size, sparse_embeddings[0]
+
+
+def _in_chunks(
+    prompts: torch.Tensor, chunk: int, decode: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``decode`` of ``chunk`` prompts at a time, its masks and IoU predictions joined: ``(1, N, ...)``."""
+    mask_parts, iou_parts = [], []
+    for start in range(0, prompts.shape[0], max(1, chunk)):
+        masks, iou = decode(prompts[start : start + chunk])
+        mask_parts.append(masks)
+        iou_parts.append(iou)
+    return torch.cat(mask_parts)[None], torch.cat(iou_parts)[None]
 
 
 def _out_proj(attn: Any) -> Any:
@@ -300,21 +333,10 @@ def decode_many(
 
     Returns ``(1, N, M, 4h, 4w)`` mask logits and ``(1, N, M)`` IoU predictions, as the decoder does.
     """
-    if image_embeddings.shape[0] != 1 or sparse_embeddings.shape[0] != 1:
-        raise ValueError("decode_many takes one image")
-    if dense_embeddings.shape[0] != 1:
-        raise ValueError("decode_many needs one dense embedding for every prompt (no mask inputs)")
-    decoder = model.mask_decoder
-    pos = model.get_image_wide_positional_embeddings()
-    image = _prepare(decoder, image_embeddings, pos, dense_embeddings)
-    size = (int(image_embeddings.shape[2]), int(image_embeddings.shape[3]))
-    sparse = sparse_embeddings[0]
-    mask_parts, iou_parts = [], []
-    for start in range(0, sparse.shape[0], max(1, chunk)):
-        masks, iou = _decode_chunk(decoder, sparse[start : start + chunk], image, size, multimask_output)
-        mask_parts.append(masks)
-        iou_parts.append(iou)
-    return torch.cat(mask_parts)[None], torch.cat(iou_parts)[None]
+    decoder, image, size, sparse = _one_image(
+        "decode_many", model, image_embeddings, sparse_embeddings, dense_embeddings
+    )
+    return _in_chunks(sparse, chunk, lambda part: _decode_chunk(decoder, part, image, size, multimask_output))
 
 
 # ---------------------------------------------------------------------------- SAM 2
@@ -352,14 +374,9 @@ def decode_many_sam2(
     shared two-way transformer with SAM 2's object-score token, its two high-resolution feature maps added in
     the upscaler (laid out once), and its single-mask output picked by stability as the decoder does.
     Returns ``(1, N, M, 4h, 4w)`` mask logits and ``(1, N, M)`` IoU predictions."""
-    if image_embeddings.shape[0] != 1 or sparse_embeddings.shape[0] != 1:
-        raise ValueError("decode_many_sam2 takes one image")
-    if dense_embeddings.shape[0] != 1:
-        raise ValueError("decode_many_sam2 needs one dense embedding for every prompt (no mask inputs)")
-    decoder = model.mask_decoder
-    pos = model.get_image_wide_positional_embeddings()
-    image = _prepare(decoder, image_embeddings, pos, dense_embeddings)
-    size = (int(image_embeddings.shape[2]), int(image_embeddings.shape[3]))
+    decoder, image, size, sparse = _one_image(
+        "decode_many_sam2", model, image_embeddings, sparse_embeddings, dense_embeddings
+    )
     feat_s0, feat_s1 = high_resolution_features
     high_res = _sub_pixel(feat_s1, feat_s0, size)
     dynamic = not multimask_output and decoder.dynamic_multimask_via_stability and not decoder.training
@@ -368,10 +385,8 @@ def decode_many_sam2(
     output_tokens = torch.cat(
         [decoder.obj_score_token.weight, decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0
     )
-    sparse = sparse_embeddings[0]
-    mask_parts, iou_parts = [], []
-    for start in range(0, sparse.shape[0], max(1, chunk)):
-        part = sparse[start : start + chunk]
+
+    def decode(part: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         tokens = torch.cat([output_tokens.expand(len(part), -1, -1), part.to(output_tokens.dtype)], dim=1)
         queries, keys = _transformer(decoder, tokens, image)
         hyper = torch.stack(
@@ -386,9 +401,9 @@ def decode_many_sam2(
             masks, iou = picked[0], iou[0]
         else:
             iou = iou[:, :1]
-        mask_parts.append(masks)
-        iou_parts.append(iou)
-    return torch.cat(mask_parts)[None], torch.cat(iou_parts)[None]
+        return masks, iou
+
+    return _in_chunks(sparse, chunk, decode)
 
 
 # ---------------------------------------------------------------------------- HQ-SAM
@@ -498,25 +513,18 @@ def decode_many_hq(
     shared two-way transformer, HQ-SAM's image features computed once, its mask-feature convolutions per
     prompt. Returns ``(1, N, M, 4h, 4w)`` mask logits and ``(1, N, M')`` IoU predictions, as the decoder
     does (with ``hq_token_only`` its one HQ mask a prompt)."""
-    if image_embeddings.shape[0] != 1 or sparse_embeddings.shape[0] != 1:
-        raise ValueError("decode_many_hq takes one image")
-    if dense_embeddings.shape[0] != 1:
-        raise ValueError("decode_many_hq needs one dense embedding for every prompt (no mask inputs)")
-    decoder = model.mask_decoder
-    pos = model.get_image_wide_positional_embeddings()
-    image = _prepare(decoder, image_embeddings, pos, dense_embeddings)
+    decoder, image, size, sparse = _one_image(
+        "decode_many_hq", model, image_embeddings, sparse_embeddings, dense_embeddings
+    )
     hq_features = _hq_features(decoder, image_embeddings, intermediate_embeddings)
     hq_features = hq_features.contiguous(memory_format=torch.channels_last)  # the layout of the convolutions
-    size = (int(image_embeddings.shape[2]), int(image_embeddings.shape[3]))
-    sparse = sparse_embeddings[0]
-    mask_parts, iou_parts = [], []
-    for start in range(0, sparse.shape[0], max(1, chunk)):
-        masks, iou = _decode_chunk_hq(
-            decoder, sparse[start : start + chunk], image, hq_features, size, multimask_output, hq_token_only
-        )
-        mask_parts.append(masks)
-        iou_parts.append(iou)
-    return torch.cat(mask_parts)[None], torch.cat(iou_parts)[None]
+    return _in_chunks(
+        sparse,
+        chunk,
+        lambda part: _decode_chunk_hq(
+            decoder, part, image, hq_features, size, multimask_output, hq_token_only
+        ),
+    )
 
 
 # ---------------------------------------------------------------------------- the FLOP count
