@@ -133,17 +133,17 @@ def test_decoder_flops_count_the_products(monkeypatch, size):
         assert flops.per_prompt < 0.5 * flops.transformers_per_prompt
 
 
-def test_sam_adapter_uses_the_shared_decoder(tiny_sam, astronaut, monkeypatch):
+def _check_adapter_uses_the_shared_decoder(make, name: str, astronaut, monkeypatch) -> None:
+    """The adapter ``make(fast_kernels)`` builds decodes 3 boxes through ``fast_decoder.<name>`` on its fast
+    path (twice: ``decode`` and ``_decode_raw``) and never on the baseline, and both agree."""
     image = load_image(astronaut, name="astronaut")
     boxes = torch.tensor([[10.0, 20.0, 300.0, 400.0], [100.0, 50.0, 200.0, 500.0], [0.0, 0.0, 511.0, 511.0]])
     results = {}
     calls = []
-    real = fast_decoder.decode_many
-    monkeypatch.setattr("grounded.adapters.sam.decode_many", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = getattr(fast_decoder, name)
+    monkeypatch.setattr(f"grounded.adapters.sam.{name}", lambda *a, **k: calls.append(1) or real(*a, **k))
     for fast in (True, False):
-        segmenter = SAM(
-            model=str(tiny_sam), device="cpu", fast_kernels=fast, cache_size=0, max_boxes_per_call=2
-        )
+        segmenter = make(fast)
         segmenter.warm_up()
         healthy_weights(segmenter._model, seed=2)
         (embedding,) = segmenter.encode([image])
@@ -155,6 +155,13 @@ def test_sam_adapter_uses_the_shared_decoder(tiny_sam, astronaut, monkeypatch):
     assert (fast_low - slow_low).abs().max() <= 1e-4
     assert (fast_masks == slow_masks).float().mean() > 0.9999
     assert 0.01 < fast_masks.float().mean() < 0.99
+
+
+def test_sam_adapter_uses_the_shared_decoder(tiny_sam, astronaut, monkeypatch):
+    def make(fast: bool) -> SAM:
+        return SAM(model=str(tiny_sam), device="cpu", fast_kernels=fast, cache_size=0, max_boxes_per_call=2)
+
+    _check_adapter_uses_the_shared_decoder(make, "decode_many", astronaut, monkeypatch)
 
 
 @pytest.mark.slow
@@ -228,27 +235,10 @@ def test_decode_many_hq_needs_the_official_decoder():
 
 
 def test_hq_adapter_uses_the_shared_decoder(tiny_sam_hq, astronaut, monkeypatch):
-    image = load_image(astronaut, name="astronaut")
-    boxes = torch.tensor([[10.0, 20.0, 300.0, 400.0], [100.0, 50.0, 200.0, 500.0], [0.0, 0.0, 511.0, 511.0]])
-    results = {}
-    calls = []
-    real = fast_decoder.decode_many_hq
-    monkeypatch.setattr(
-        "grounded.adapters.sam.decode_many_hq", lambda *a, **k: calls.append(1) or real(*a, **k)
-    )
-    for fast in (True, False):
-        segmenter = SAM(model=str(tiny_sam_hq), device="cpu", fast_kernels=fast, cache_size=0)
-        segmenter.warm_up()
-        healthy_weights(segmenter._model, seed=2)
-        (embedding,) = segmenter.encode([image])
-        results[fast] = segmenter.decode(embedding, boxes), segmenter._decode_raw(embedding, boxes=boxes)
-    assert calls == [1, 1]
-    (fast_masks, fast_iou), (fast_low, _) = results[True]
-    (slow_masks, slow_iou), (slow_low, _) = results[False]
-    torch.testing.assert_close(fast_iou, slow_iou, atol=1e-5, rtol=1e-5)
-    assert (fast_low - slow_low).abs().max() <= 1e-4
-    assert (fast_masks == slow_masks).float().mean() > 0.9999
-    assert 0.01 < fast_masks.float().mean() < 0.99
+    def make(fast: bool) -> SAM:
+        return SAM(model=str(tiny_sam_hq), device="cpu", fast_kernels=fast, cache_size=0)
+
+    _check_adapter_uses_the_shared_decoder(make, "decode_many_hq", astronaut, monkeypatch)
 
 
 @pytest.mark.slow
@@ -326,27 +316,10 @@ def test_decode_many_sam2_equals_transformers(multimask, stability, chunk):
 
 
 def test_sam2_adapter_uses_the_shared_decoder(tiny_sam2, astronaut, monkeypatch):
-    image = load_image(astronaut, name="astronaut")
-    boxes = torch.tensor([[10.0, 20.0, 300.0, 400.0], [100.0, 50.0, 200.0, 500.0], [0.0, 0.0, 511.0, 511.0]])
-    results = {}
-    calls = []
-    real = fast_decoder.decode_many_sam2
-    monkeypatch.setattr(
-        "grounded.adapters.sam.decode_many_sam2", lambda *a, **k: calls.append(1) or real(*a, **k)
-    )
-    for fast in (True, False):
-        segmenter = SAM2(model=str(tiny_sam2), device="cpu", fast_kernels=fast, cache_size=0)
-        segmenter.warm_up()
-        healthy_weights(segmenter._model, seed=2)
-        (embedding,) = segmenter.encode([image])
-        results[fast] = segmenter.decode(embedding, boxes), segmenter._decode_raw(embedding, boxes=boxes)
-    assert calls == [1, 1]
-    (fast_masks, fast_iou), (fast_low, _) = results[True]
-    (slow_masks, slow_iou), (slow_low, _) = results[False]
-    torch.testing.assert_close(fast_iou, slow_iou, atol=1e-5, rtol=1e-5)
-    assert (fast_low - slow_low).abs().max() <= 1e-4
-    assert (fast_masks == slow_masks).float().mean() > 0.9999
-    assert 0.01 < fast_masks.float().mean() < 0.99
+    def make(fast: bool) -> SAM2:
+        return SAM2(model=str(tiny_sam2), device="cpu", fast_kernels=fast, cache_size=0)
+
+    _check_adapter_uses_the_shared_decoder(make, "decode_many_sam2", astronaut, monkeypatch)
 
 
 @pytest.mark.slow
